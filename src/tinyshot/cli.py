@@ -1,0 +1,69 @@
+"""The `tinyshot` command: a thin layer over the Python API.
+
+Each stage package owns its sub-commands in a `commands.py` with `register(subparsers)`;
+this file only wires them together and turns user errors into one clear line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from tinyshot.errors import TinyshotError
+
+# Stage packages that contribute sub-commands, in the order `tinyshot --help` lists them.
+COMMAND_MODULES = [
+    "tinyshot.data.commands",
+    "tinyshot.evaluation.commands",
+    "tinyshot.diffusion.commands",
+    "tinyshot.distill.commands",
+    "tinyshot.pipeline.commands",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tinyshot import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="tinyshot",
+        description="Few-shot distillation with textual and null-text inversion (TINT).",
+    )
+    parser.add_argument("--version", action="version", version=f"tinyshot {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug-level console log")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    bench = sub.add_parser("bench", help="speed benchmarks that print a table")
+    bench_sub = bench.add_subparsers(dest="bench_command", metavar="BENCH")
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(name)
+        module.register(sub)
+        if hasattr(module, "register_bench"):
+            module.register_bench(bench_sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    from tinyshot.utils.logging import setup_logging
+
+    setup_logging(verbose=args.verbose)
+    try:
+        result = args.func(args)
+    except TinyshotError as e:
+        print(f"tinyshot {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            f"tinyshot {args.command}: interrupted; finished work is kept, rerun to resume",
+            file=sys.stderr,
+        )
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Stage 1: specialize a text-to-image diffusion model (TI + NTI) and generate synthetic images."""

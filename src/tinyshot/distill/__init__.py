@@ -1,0 +1,1 @@
+"""Stage 3: pseudo-labelling and distillation of teacher knowledge into a tiny student."""

@@ -1,0 +1,1 @@
+"""Stage 4: episodic evaluation, Theorem-1 statistics, data-quality (Frechet) metrics."""

@@ -1,0 +1,1 @@
+"""Small shared helpers: seeding, devices, run folders, atomic writes, logging and progress."""
