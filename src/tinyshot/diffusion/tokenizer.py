@@ -46,7 +46,8 @@ def write_clip_tokenizer_files(out_dir: str | Path, bpe_path: str | Path | None 
     """Write vocab.json and merges.txt (49,408 tokens) to out_dir; returns out_dir."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    lines = gzip.open(bpe_path or find_bpe_file()).read().decode("utf-8").split("\n")
+    with gzip.open(bpe_path or find_bpe_file()) as f:
+        lines = f.read().decode("utf-8").split("\n")
     merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]]
     vocab = list(_bytes_to_unicode().values())
     vocab = vocab + [v + "</w>" for v in vocab]
