@@ -98,6 +98,9 @@ class ArrayDataset(FewShotDataset):
         self.name = name
         self.split = split
         self._ids = list(ids) if ids is not None else None
+        if self._ids is not None and len(self._ids) != len(images):
+            raise DataError(f"{name}: {len(images)} images but {len(self._ids)} item ids")
+        check_labels(self.labels, self.class_names, f"{name}/{split}")
 
     def load_image(self, index: int) -> Image.Image:
         return Image.fromarray(self.images[index]).convert("RGB")
@@ -124,6 +127,9 @@ class FileDataset(FewShotDataset):
         self.class_names = list(class_names)
         self.name = name
         self.split = split
+        if len(self.paths) != len(self.labels):
+            raise DataError(f"{name}: {len(self.paths)} files but {len(self.labels)} labels")
+        check_labels(self.labels, self.class_names, f"{name}/{split}")
 
     def load_image(self, index: int) -> Image.Image:
         from tinyshot.data.images import open_rgb
@@ -132,6 +138,74 @@ class FileDataset(FewShotDataset):
 
     def item_id(self, index: int) -> str:
         return self.paths[index].as_posix()
+
+
+class IndexedView(FewShotDataset):
+    """Some items of another dataset with new labels; item ids stay those of the original."""
+
+    def __init__(
+        self,
+        base: FewShotDataset,
+        indices: np.ndarray,
+        labels: np.ndarray,
+        class_names: list[str],
+        split: str,
+    ) -> None:
+        self.base = base
+        self.base_indices = np.asarray(indices, dtype=np.int64)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.class_names = list(class_names)
+        self.name = base.name
+        self.split = split
+        check_labels(self.labels, self.class_names, f"{self.name}/{split}")
+
+    def load_image(self, index: int) -> Image.Image:
+        return self.base.load_image(int(self.base_indices[index]))
+
+    def item_id(self, index: int) -> str:
+        return self.base.item_id(int(self.base_indices[index]))
+
+
+def check_labels(labels: np.ndarray, class_names: Sequence[str], where: str) -> None:
+    """Duplicate class names would make episode files (which name classes) ambiguous."""
+    seen: set[str] = set()
+    for n in class_names:
+        if n in seen:
+            raise DataError(f"{where}: duplicate class name {n!r}")
+        seen.add(n)
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(class_names)):
+        raise DataError(
+            f"{where}: labels must lie in [0, {len(class_names)}), "
+            f"got [{labels.min()}, {labels.max()}]"
+        )
+
+
+def remap_classes(
+    ds: FewShotDataset, class_ids: Sequence[int], split: str | None = None
+) -> FewShotDataset:
+    """Only the items of `class_ids`, relabelled 0..len-1 in that order; class names and item
+    ids are kept, so an episode file written on the view resolves on the original too."""
+    ids = [int(c) for c in class_ids]
+    if len(set(ids)) != len(ids):
+        raise DataError(f"{ds.name}/{ds.split}: repeated class id in {ids}")
+    for c in ids:
+        if not 0 <= c < ds.num_classes:
+            raise DataError(
+                f"{ds.name}/{ds.split}: class id {c} out of range (0..{ds.num_classes - 1})"
+            )
+    lut = np.full(ds.num_classes, -1, dtype=np.int64)
+    lut[ids] = np.arange(len(ids))
+    keep = np.flatnonzero(lut[ds.labels] >= 0)
+    labels = lut[ds.labels[keep]]
+    names = [ds.class_names[c] for c in ids]
+    split = split or ds.split
+    if isinstance(ds, ArrayDataset):
+        return ArrayDataset(
+            ds.images[keep], labels, names, ds.name, split, ids=[ds.item_id(int(i)) for i in keep]
+        )
+    if isinstance(ds, FileDataset):
+        return FileDataset(ds.root, [ds.paths[i] for i in keep], labels, names, ds.name, split)
+    return IndexedView(ds, keep, labels, names, split)
 
 
 @dataclass

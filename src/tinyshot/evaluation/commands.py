@@ -1,9 +1,98 @@
-"""CLI sub-commands for this stage (registered by tinyshot.cli)."""
+"""CLI sub-commands of the evaluation stage (registered by tinyshot.cli)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add this stage's sub-commands to the `tinyshot` parser."""
+    p = sub.add_parser(
+        "plan-eval",
+        help="Theorem 1: episodes needed for a target variance / CI, or variance for P episodes",
+        description="Plan an episodic evaluation with Theorem 1 of the TINT paper: "
+        "Var = (1/P)(a(1-a)/Q + (1-1/Q) sigma^2). Q counts the queries of one episode "
+        "(all classes together, e.g. 5 x 595 = 2975).",
+    )
+    p.add_argument("--acc", type=float, required=True, help="expected mean accuracy a in [0, 1]")
+    p.add_argument("--sigma", type=float, required=True, help="std of per-episode true accuracy")
+    p.add_argument("--queries", type=int, required=True, help="queries per episode (Q)")
+    goal = p.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--target-var", type=float, help="episodes for this estimator variance")
+    goal.add_argument(
+        "--target-halfwidth", type=float, help="episodes for this CI half-width (accuracy units)"
+    )
+    goal.add_argument("--episodes", type=int, help="variance and half-width for P episodes")
+    p.add_argument("--confidence", type=float, default=0.95)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_plan_eval)
+
+
+def plan(
+    acc: float,
+    sigma: float,
+    queries: int,
+    target_var: float | None = None,
+    target_halfwidth: float | None = None,
+    episodes: int | None = None,
+    confidence: float = 0.95,
+) -> dict:
+    """The plan-eval answer as a dict (the --json output)."""
+    from tinyshot.evaluation import stats
+
+    per_episode = stats.episode_variance(acc, sigma, queries)
+    out: dict = {
+        "acc": acc,
+        "sigma": sigma,
+        "queries": queries,
+        "confidence": confidence,
+        "episode_variance": per_episode,
+        "binomial_term": acc * (1 - acc) / queries,
+        "inter_episode_term": (1 - 1 / queries) * sigma**2,
+    }
+    if episodes is None:
+        if target_var is not None:
+            exact = stats.episodes_for_variance(acc, sigma, queries, target_var)
+            out["target_var"] = target_var
+        else:
+            assert target_halfwidth is not None
+            exact = stats.episodes_for_halfwidth(acc, sigma, queries, target_halfwidth, confidence)
+            out["target_halfwidth"] = target_halfwidth
+        out["episodes_exact"] = exact
+        episodes = stats.ceil_episodes(exact)
+    out["episodes"] = episodes
+    out["variance"] = stats.theorem1_variance(acc, sigma, queries, episodes)
+    out["halfwidth"] = stats.halfwidth_for(acc, sigma, queries, episodes, confidence)
+    return out
+
+
+def cmd_plan_eval(args: argparse.Namespace) -> int:
+    r = plan(
+        args.acc,
+        args.sigma,
+        args.queries,
+        args.target_var,
+        args.target_halfwidth,
+        args.episodes,
+        args.confidence,
+    )
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    print(
+        f"Theorem 1, a={r['acc']:g}, sigma={r['sigma']:g}, Q={r['queries']}: one episode's "
+        f"variance {r['episode_variance']:.4g} = {r['binomial_term']:.4g} (queries) + "
+        f"{r['inter_episode_term']:.4g} (episodes)"
+    )
+    if "episodes_exact" in r:
+        goal = (
+            f"Var <= {r['target_var']:g}"
+            if "target_var" in r
+            else f"+-{r['target_halfwidth']:g} at {100 * r['confidence']:g}%"
+        )
+        print(f"episodes for {goal}: {r['episodes_exact']:.1f} -> {r['episodes']}")
+    print(
+        f"with {r['episodes']} episodes: Var {r['variance']:.3g}, "
+        f"{100 * r['confidence']:g}% CI about +-{100 * r['halfwidth']:.2f} points"
+    )
+    return 0
