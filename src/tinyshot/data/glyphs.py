@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
 import unicodedata
 from collections import defaultdict
@@ -413,8 +412,9 @@ def render_glyph_set(cfg: GlyphsConfig, font_dir: str | Path = DEFAULT_FONT_DIR)
 
 
 def default_cache_dir() -> Path:
-    env = os.environ.get("TINYSHOT_CACHE")
-    return (Path(env) if env else Path.home() / ".cache" / "tinyshot") / "glyphs"
+    from tinyshot.utils.paths import cache_dir
+
+    return cache_dir() / "glyphs"
 
 
 def cache_key(cfg: GlyphsConfig, font_dir: str | Path) -> str:

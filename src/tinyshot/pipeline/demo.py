@@ -1,0 +1,274 @@
+"""`tinyshot demo`: the whole method, offline, on Fashion-MNIST's five novel classes.
+
+Supports come from the novel classes of the train split, queries from the test split (seen by
+no model). The shipped generator was pretrained on base-class captions plus unlabelled
+novel images under one generic caption; the teacher is an EfficientNet-Lite0 ProtoNet.
+Every episode goes through `run_pipeline_episode` with all methods; the run folder holds:
+
+    episodes.json       the episode file (re-used on rerun)
+    episodes/<i>/       each episode's stages (resumable)
+    results.json        per-method mean accuracy, 95% t-interval, per-episode accuracies,
+                        Frechet distances per generator and class, timings
+    summary.txt         the printed table
+    report.html         self-contained report (images embedded)
+    log.txt             the log
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tinyshot.data.episodes import Episode
+from tinyshot.errors import ConfigError
+from tinyshot.pipeline.episode import GENERATORS, METHODS, PipelineConfig, resolve_generator
+from tinyshot.utils.io import read_json, write_json
+from tinyshot.utils.logging import get_logger, progress, setup_logging
+from tinyshot.utils.seed import derive_seed
+
+log = get_logger("pipeline.demo")
+
+METHOD_LABELS = {
+    "teacher": "teacher (EffNet-Lite0 ProtoNet, 3.4M params)",
+    "support-only": "student: support only",
+    "support+base": "student: support + base (LabelHalluc)",
+    "ti": "student: + plain-TI synthetic",
+    "dafusion": "student: + DA-Fusion synthetic",
+    "tint": "student: + TINT synthetic (full method)",
+}
+
+
+@dataclass
+class DemoConfig:
+    episodes: int = 2
+    ways: int = 5
+    shots: int = 5
+    queries: int | None = None  # per class from the test split; None = all (1000)
+    seed: int = 0
+    fd_images: int = 200  # per class and generator for the Frechet distances (paper: 300)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["pipeline"] = self.pipeline.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DemoConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown demo config key(s) {unknown}; known: {sorted(known)}")
+        d = dict(d)
+        pipe = PipelineConfig.from_dict(d.pop("pipeline", {}))
+        return cls(**d, pipeline=pipe)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """JSON or TOML config file -> dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: file not found")
+    text = path.read_text()
+    if path.suffix == ".toml":
+        import tomllib
+
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"--config {path}: invalid TOML ({e})") from e
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--config {path}: invalid JSON ({e})") from e
+
+
+def demo_datasets():
+    from tinyshot.data.registry import load_dataset
+
+    return (
+        load_dataset("fashion-mnist", "novel-train"),
+        load_dataset("fashion-mnist", "novel-test"),
+        load_dataset("fashion-mnist", "base"),
+    )
+
+
+def demo_episodes(config: DemoConfig, out: Path, support_ds, query_ds) -> list[Episode]:
+    from tinyshot.data.episode_io import read_episodes, write_episodes
+    from tinyshot.data.sampler import sample_episodes
+
+    path = out / "episodes.json"
+    episodes = sample_episodes(
+        support_ds,
+        config.episodes,
+        config.ways,
+        config.shots,
+        config.queries,
+        config.seed,
+        query_ds=query_ds,
+    )
+    if path.is_file():
+        existing, _ = read_episodes(path)
+        if [e.to_dict() for e in existing] != [e.to_dict() for e in episodes]:
+            raise ConfigError(
+                f"{path}: holds other episodes than this configuration samples; "
+                "use a new --out folder or the same --episodes/--shots/--seed"
+            )
+        return existing
+    meta = {
+        "dataset": {
+            "name": "fashion-mnist",
+            "split": "novel-train",
+            "query_split": "novel-test",
+        },
+        "ways": config.ways,
+        "shots": config.shots,
+        "queries": "all" if config.queries is None else config.queries,
+        "seed": config.seed,
+    }
+    write_episodes(path, episodes, meta)
+    return episodes
+
+
+def summarize(per_episode: list[dict[str, dict[str, Any]]], methods: list[str]) -> dict[str, Any]:
+    from tinyshot.evaluation.stats import estimate_sigma, mean_confidence_interval
+
+    out: dict[str, Any] = {}
+    for m in methods:
+        accs = [ep[m]["accuracy"] for ep in per_episode if m in ep]
+        if not accs:
+            continue
+        mean, hw = mean_confidence_interval(accs)
+        q = float(sum(ep[m]["queries"] for ep in per_episode if m in ep) / len(accs))
+        entry = {"mean": mean, "ci95": hw, "episodes": len(accs), "queries": q, "accuracies": accs}
+        if len(accs) >= 2:
+            entry["sigma_a"] = estimate_sigma(accs, q)
+        out[m] = entry
+    return out
+
+
+def format_table(summary: dict[str, Any], fd: dict[str, Any] | None = None) -> str:
+    lines = [f"{'method':<48} {'accuracy (%)':>20} {'episodes':>9}"]
+    for m, s in summary.items():
+        ci = "n/a" if s["ci95"] != s["ci95"] else f"{100 * s['ci95']:.2f}"
+        lines.append(
+            f"{METHOD_LABELS.get(m, m):<48} {100 * s['mean']:>12.2f} +- {ci:>5} {s['episodes']:>9}"
+        )
+    if fd:
+        lines.append("")
+        lines.append(f"Frechet distance to real test images ({fd['metric']}, lower is better)")
+        for g, per_class in fd["per_generator"].items():
+            vals = " ".join(f"{v:7.1f}" for v in per_class.values())
+            lines.append(f"  {g:<10} mean {fd['mean'][g]:7.1f}   per class: {vals}")
+    return "\n".join(lines)
+
+
+@torch.no_grad()
+def frechet_per_class(
+    out: Path, episode_dir: Path, query_ds, class_names: list[str], generators: list[str], n: int
+) -> dict[str, Any]:
+    """Per generator and class: Frechet distance between n generated and n real test images."""
+    from tinyshot.diffusion.store import ImageStore
+    from tinyshot.evaluation.frechet import EFFNET_METRIC, BackboneFeatures, frechet_between
+    from tinyshot.models.backbones import build_backbone
+
+    cache = out / "frechet.json"
+    if cache.is_file():
+        return read_json(cache)
+    extractor = BackboneFeatures(build_backbone("efficientnet-lite0", input_size=96), EFFNET_METRIC)
+    per: dict[str, dict[str, float]] = {}
+    for g in generators:
+        store = ImageStore(episode_dir / "synthetic" / g)
+        per[g] = {}
+        for c, name in enumerate(class_names):
+            fake = store.load_images(c)[:n]
+            idx = query_ds.indices_of(query_ds.class_id(name))[:n]
+            real = query_ds.load_images(idx)
+            per[g][name] = frechet_between(fake, real, extractor).value
+    res = {
+        "metric": EFFNET_METRIC,
+        "images_per_class": n,
+        "per_generator": per,
+        "mean": {g: sum(v.values()) / len(v) for g, v in per.items()},
+    }
+    write_json(cache, res)
+    return res
+
+
+def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> dict[str, Any]:
+    """Run (or resume) the demo; returns the results dict also written to results.json."""
+    from tinyshot.pipeline.episode import run_pipeline_episode
+    from tinyshot.pipeline.report_builder import build_demo_report
+
+    config = config or DemoConfig()
+    config.pipeline.validate()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    setup_logging(out)
+    write_json(out / "config.json", config.to_dict())
+    t_start = time.perf_counter()
+    support_ds, query_ds, base_ds = demo_datasets()
+    episodes = demo_episodes(config, out, support_ds, query_ds)
+    log.info(
+        "demo: %d episodes of %d-way %d-shot, methods %s -> %s",
+        len(episodes),
+        config.ways,
+        config.shots,
+        ", ".join(config.pipeline.methods),
+        out,
+    )
+    per_episode = []
+    for i, ep in enumerate(progress(episodes, desc="episodes", disable=False)):
+        t0 = time.perf_counter()
+        res = run_pipeline_episode(
+            ep,
+            support_ds,
+            query_ds,
+            base_ds,
+            config.pipeline,
+            out / "episodes" / f"{i:04d}",
+            derive_seed(config.seed, "episode", i),
+        )
+        per_episode.append(res)
+        log.info(
+            "episode %d/%d done in %.0f s: %s",
+            i + 1,
+            len(episodes),
+            time.perf_counter() - t0,
+            ", ".join(f"{m} {100 * r['accuracy']:.1f}" for m, r in res.items()),
+        )
+    methods = [m for m in METHODS if m in config.pipeline.methods]
+    summary = summarize(per_episode, methods)
+    generators = [g for g in GENERATORS if g in config.pipeline.methods]
+    fd = None
+    if generators and config.fd_images > 0:
+        fd = frechet_per_class(
+            out,
+            out / "episodes" / "0000",
+            query_ds,
+            episodes[0].classes,
+            generators,
+            config.fd_images,
+        )
+    results = {
+        "format": "tinyshot.demo-results",
+        "version": 1,
+        "config": config.to_dict(),
+        "generator": resolve_generator(config.pipeline.generator),
+        "summary": summary,
+        "per_episode": per_episode,
+        "frechet": fd,
+        "wall_seconds": time.perf_counter() - t_start,
+    }
+    write_json(out / "results.json", results)
+    table = format_table(summary, fd)
+    (out / "summary.txt").write_text(table + "\n")
+    build_demo_report(out, results, episodes, support_ds, query_ds, config)
+    print(table)
+    print(f"\nresults: {out / 'results.json'}\nreport:  {out / 'report.html'}")
+    return results

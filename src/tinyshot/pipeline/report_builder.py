@@ -1,0 +1,199 @@
+"""Assemble `report.html` for a demo or fit run from the files its stages left behind."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tinyshot.pipeline.report import Report
+from tinyshot.utils.io import read_json
+from tinyshot.utils.logging import get_logger
+
+log = get_logger("pipeline.report")
+
+ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+SHOW_PER_GENERATOR = 10
+
+
+def _synthetic_rows(
+    report: Report, episode_dir: Path, class_index: int, generators: Sequence[str]
+) -> None:
+    from tinyshot.diffusion.store import ImageStore
+
+    for g in generators:
+        folder = episode_dir / "synthetic" / g
+        if not (folder / "manifest.jsonl").exists() and not folder.is_dir():
+            continue
+        try:
+            imgs = ImageStore(folder).load_images(class_index)[:SHOW_PER_GENERATOR]
+        except Exception as e:
+            log.warning("report: cannot read %s (%s)", folder, e)
+            continue
+        report.images(f"{g} generated", imgs)
+
+
+def _alpha_rows(report: Report, episode_dir: Path, generator: str, class_names: list[str]) -> None:
+    """The alpha sweep: one support image per class, alpha 0 (reconstruction) .. 1 (new sample)."""
+    from tinyshot.diffusion.artifacts import load_artifacts
+    from tinyshot.diffusion.generate import alpha_sweep
+    from tinyshot.diffusion.model import load_diffusion_model
+    from tinyshot.pipeline.episode import resolve_generator
+
+    spec = episode_dir / "specialize"
+    if not spec.is_dir():
+        return
+    model = load_diffusion_model(resolve_generator(generator))
+    artifacts = load_artifacts(spec)
+    report.heading("Alpha sweep (TINT, Eq. 3-4)", 3)
+    report.paragraph(
+        "Each row starts from one support image's inverted noise z_T and blends in fresh noise: "
+        f"alpha = {', '.join(map(str, ALPHAS))}. alpha = 0 reconstructs the support image "
+        "(null-text inversion); alpha = 1 (used for training) gives new samples.",
+        note=True,
+    )
+    for c, name in enumerate(class_names):
+        row = alpha_sweep(model, artifacts, c, 0, ALPHAS, seed=c)
+        report.images(f"{name}", row)
+
+
+def _curves(report: Report, episode_dir: Path, methods: Sequence[str]) -> None:
+    series = {}
+    for m in methods:
+        hist = episode_dir / "students" / m / "history.json"
+        if not hist.is_file():
+            continue
+        curve = [e for e in read_json(hist).get("curve", []) if "val_acc" in e]
+        if curve:
+            series[m] = ([e["step"] for e in curve], [100 * e["val_acc"] for e in curve])
+    if series:
+        report.heading("Student accuracy during distillation (episode 1, held-out query subset)", 3)
+        report.chart(series, y_label="accuracy (%)")
+
+
+def build_demo_report(
+    out: Path,
+    results: dict[str, Any],
+    episodes: list[Any],
+    support_ds: Any,
+    query_ds: Any,
+    config: Any,
+) -> Path:
+    from tinyshot.pipeline.demo import METHOD_LABELS
+    from tinyshot.pipeline.episode import GENERATORS
+
+    pipe = config.pipeline
+    report = Report("tinyshot demo: TINT few-shot distillation on Fashion-MNIST")
+    report.paragraph(
+        f"{len(episodes)} episodes of {config.ways}-way {config.shots}-shot over the novel classes "
+        "(Sandal, Shirt, Sneaker, Bag, Ankle boot). Supports from the train split, queries from "
+        "the test split, which no model saw. Generator: the project's own text-to-image model "
+        "pretrained on base-class captions (docs/pretrained-generator.md)."
+    )
+    report.heading("Results")
+    rows = []
+    for m, s in results["summary"].items():
+        ci = "n/a" if s["ci95"] != s["ci95"] else f"{100 * s['ci95']:.2f}"
+        rows.append(
+            [
+                METHOD_LABELS.get(m, m),
+                f"{100 * s['mean']:.2f}",
+                ci,
+                s["episodes"],
+                int(s["queries"]),
+            ]
+        )
+    report.table(["method", "accuracy %", "95% CI +-", "episodes", "queries/episode"], rows)
+    fd = results.get("frechet")
+    if fd:
+        names = list(next(iter(fd["per_generator"].values())).keys())
+        report.paragraph(
+            f"Data quality: Frechet distance on EfficientNet-Lite0 features ({fd['metric']}, not "
+            f"FID), {fd['images_per_class']} generated vs {fd['images_per_class']} real test "
+            "images per class; lower is better.",
+            note=True,
+        )
+        report.table(
+            ["generator", "mean", *names],
+            [
+                [g, f"{fd['mean'][g]:.1f}", *[f"{v:.1f}" for v in per.values()]]
+                for g, per in fd["per_generator"].items()
+            ],
+        )
+    ep_dir = out / "episodes" / "0000"
+    generators = [g for g in GENERATORS if g in pipe.methods]
+    students = [m for m in pipe.methods if m != "teacher"]
+    _curves(report, ep_dir, students)
+    report.heading("Episode 1: support and generated images per class")
+    ep = episodes[0]
+    for c, name in enumerate(ep.classes):
+        report.heading(name, 3)
+        support = [support_ds.load_image(support_ds.index_of(i)) for i in ep.support[c]]
+        report.images("support", support)
+        _synthetic_rows(report, ep_dir, c, generators)
+    if "tint" in generators:
+        try:
+            _alpha_rows(report, ep_dir, pipe.generator, ep.classes)
+        except Exception as e:
+            log.warning("report: alpha sweep failed (%s)", e)
+    report.heading("Configuration")
+    import json
+
+    report.code(json.dumps(results["config"], indent=2))
+    return report.write(out / "report.html")
+
+
+def build_fit_report(out: Path, summary: dict[str, Any], data: Any, config: Any) -> Path:
+    """The `fit` report: support images, generated samples, alpha sweep, training curve."""
+    import json
+
+    from tinyshot.pipeline.episode import GENERATORS
+
+    report = Report(f"tinyshot fit: {len(summary['classes'])} classes")
+    report.paragraph(
+        f"Student {summary['student']['arch']} at {summary['student']['input_size']} px, trained "
+        f"with {summary['method']}; exported to {Path(summary['model']).name}. Generator: "
+        f"{summary['generator']}; teacher: {summary['teacher']}."
+    )
+    agree = summary.get("teacher_agreement_on_heldout_synthetic")
+    if agree is not None:
+        report.paragraph(
+            f"Agreement with the teacher on held-out synthetic images: {100 * agree:.1f}% "
+            "(there is no labelled query set in a fit run; evaluate on your own test images "
+            "with `tinyshot predict`).",
+            note=True,
+        )
+    report.table(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in summary["timings"].items()])
+    hist = out / "student" / "history.json"
+    if hist.is_file():
+        curve = read_json(hist).get("curve", [])
+        series = {}
+        pts = [e for e in curve if "val_acc" in e]
+        if pts:
+            series["teacher agreement (held-out synthetic)"] = (
+                [e["step"] for e in pts],
+                [100 * e["val_acc"] for e in pts],
+            )
+        if series:
+            report.heading("Training curve", 3)
+            report.chart(series, y_label="%")
+        losses = [e for e in curve if "loss" in e]
+        if losses:
+            report.chart(
+                {"training loss": ([e["step"] for e in losses], [e["loss"] for e in losses])},
+                y_label="loss",
+            )
+    generators = [g for g in GENERATORS if g in config.methods]
+    report.heading("Support and generated images per class")
+    for c, name in enumerate(data.class_names):
+        report.heading(name, 3)
+        report.images("support", data.support_pil[c])
+        _synthetic_rows(report, out, c, generators)
+    if "tint" in generators:
+        try:
+            _alpha_rows(report, out, config.generator, data.class_names)
+        except Exception as e:
+            log.warning("report: alpha sweep failed (%s)", e)
+    report.heading("Configuration")
+    report.code(json.dumps(config.to_dict(), indent=2))
+    return report.write(out / "report.html")
