@@ -474,12 +474,7 @@ def run_episode(task: Any) -> dict[str, dict[str, Any]]:
     config = pipeline_config_from_methods(task.methods)
     config.device = getattr(task, "device", "auto") or "auto"
     support_ds, query_ds = task.datasets()
-    base_ds = (
-        _base_dataset(task.meta)
-        if any(m not in ("teacher", "support-only") for m in config.methods)
-        or config.pretrain_student
-        else None
-    )
+    base_ds = _base_dataset(task.meta)
     return run_pipeline_episode(
         task.episode, support_ds, query_ds, base_ds, config, task.work_dir, task.seed
     )
