@@ -1,9 +1,260 @@
-"""CLI sub-commands for this stage (registered by tinyshot.cli)."""
+"""CLI: predict with an exported student, export, teacher meta-training, student pretraining,
+and `tinyshot bench inference`."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
+
+from tinyshot.errors import DataError, TinyshotError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this stage's sub-commands to the `tinyshot` parser."""
+    p = sub.add_parser(
+        "predict", help="classify image files or folders with an exported .onnx student"
+    )
+    p.add_argument(
+        "model", help="an .onnx file written by `tinyshot export` (or a distillation run)"
+    )
+    p.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
+    p.add_argument(
+        "--top-k", type=int, default=1, help="print the k most likely classes (default 1)"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of lines")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("export", help="export a student checkpoint to ONNX (metadata included)")
+    p.add_argument("checkpoint", help="a student checkpoint (.pt)")
+    p.add_argument("--out", required=True, help="output .onnx path")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument(
+        "--class-names", default=None, help="comma-separated names (default: the checkpoint's)"
+    )
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("train-teacher", help="meta-train the ProtoNet teacher on base classes")
+    _dataset_args(p)
+    p.add_argument(
+        "--backbone",
+        default="efficientnet-lite0",
+        help="efficientnet-lite0 (offline default), dino-vitb16, a ViT folder or hub id",
+    )
+    p.add_argument(
+        "--input-size", type=int, default=None, help="backbone input size (default: its own, 224)"
+    )
+    p.add_argument("--run-dir", required=True, help="checkpoint + log folder; rerun to resume")
+    p.add_argument("--episodes-per-epoch", type=int, default=400)
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--ways", type=int, default=5)
+    p.add_argument("--shots", type=int, default=5)
+    p.add_argument("--queries", type=int, default=15)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--backbone-lr", type=float, default=None, help="backbone lr (default: --lr)")
+    p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
+    p.add_argument("--schedule", choices=["cosine", "constant"], default="cosine")
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_train_teacher)
+
+    p = sub.add_parser(
+        "pretrain-student", help="pretrain a student backbone on base classes (CE + rotation)"
+    )
+    _dataset_args(p)
+    p.add_argument("--arch", choices=["conv4", "resnet12"], default="conv4")
+    p.add_argument(
+        "--out", required=True, help="cache folder (or a .pt path); reused when it exists"
+    )
+    p.add_argument("--input-size", type=int, default=84)
+    p.add_argument("--epochs", type=float, default=65.0)
+    p.add_argument("--iterations", type=int, default=None, help="overrides --epochs")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument(
+        "--rotation-weight", type=float, default=1.0, help="0 disables rotation prediction"
+    )
+    p.add_argument("--max-per-class", type=int, default=None)
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_pretrain_student)
+
+
+def register_bench(bench_sub: argparse._SubParsersAction) -> None:
+    p = bench_sub.add_parser("inference", help="student vs teacher inference throughput")
+    p.add_argument("--size", type=int, default=84, help="student input size (default 84)")
+    p.add_argument("--teacher-size", type=int, default=224)
+    p.add_argument("--batches", default="1,64", help="student batch sizes (default 1,64)")
+    p.add_argument("--teacher-batches", default="1,64")
+    p.add_argument("--vit-batches", default="1,8", help="ViT-B/16 batch sizes ('' to skip)")
+    p.add_argument("--budget", type=float, default=1.0, help="seconds of timing per cell")
+    p.add_argument("--threads", type=int, default=None, help="torch/onnxruntime threads")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_bench_inference)
+
+
+def _dataset_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, help="a dataset name from `tinyshot datasets`")
+    p.add_argument("--split", default=None, help="default: the dataset's base split")
+    p.add_argument("--root", default=None, help="dataset folder (where needed)")
+
+
+def _load_base(args: argparse.Namespace):
+    from tinyshot.data.registry import dataset_info, load_dataset
+
+    split = args.split or dataset_info(args.dataset).base_split
+    return load_dataset(args.dataset, split, args.root)
+
+
+# ------------------------------------------------------------------------- handlers
+
+
+def collect_images(items: list[str]) -> list[Path]:
+    from tinyshot.data.images import IMAGE_EXTENSIONS
+
+    out: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(
+                f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+            )
+            if not found:
+                raise DataError(
+                    f"{p}: folder holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})"
+                )
+            out.extend(found)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise DataError(f"{p}: no such file or folder")
+    return out
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from tinyshot.data.images import open_rgb
+    from tinyshot.models.export import OnnxClassifier
+
+    if args.top_k < 1:
+        raise TinyshotError(f"--top-k must be >= 1, got {args.top_k}")
+    clf = OnnxClassifier(args.model)
+    files = collect_images(args.images)
+    images, ok, errors = [], [], []
+    for f in files:
+        try:
+            images.append(open_rgb(f))
+            ok.append(f)
+        except DataError as e:
+            errors.append({"file": str(f), "error": str(e)})
+    _, probs = clf.predict(images, batch_size=args.batch_size)
+    k = min(args.top_k, len(clf.class_names))
+    results = []
+    for f, p in zip(ok, probs):
+        order = p.argsort()[::-1][:k]
+        results.append(
+            {
+                "file": str(f),
+                "top": [
+                    {"class": clf.class_names[int(i)], "prob": round(float(p[i]), 6)} for i in order
+                ],
+            }
+        )
+    if args.json:
+        print(
+            json.dumps({"model": str(args.model), "results": results, "errors": errors}, indent=2)
+        )
+    else:
+        for r in results:
+            print(f"{r['file']}\t" + "\t".join(f"{t['class']}\t{t['prob']:.4f}" for t in r["top"]))
+    for e in errors:
+        print(f"tinyshot predict: error: {e['error']}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from tinyshot.models.export import export_onnx, parity
+    from tinyshot.models.students import load_student
+
+    student, meta = load_student(args.checkpoint)
+    names = meta.get("class_names")
+    if args.class_names:
+        names = [n.strip() for n in args.class_names.split(",")]
+    out = export_onnx(student, args.out, names, opset=args.opset)
+    print(
+        f"wrote {out} ({student.arch}, {student.num_classes} classes, {student.input_size} px; "
+        f"max |torch - onnxruntime| = {parity(student, out):.1e})"
+    )
+    return 0
+
+
+def _train_teacher(args: argparse.Namespace) -> int:
+    from tinyshot.distill.meta_train import MetaTrainConfig, meta_train_teacher
+    from tinyshot.models.teacher import build_teacher
+
+    cfg = MetaTrainConfig(
+        episodes_per_epoch=args.episodes_per_epoch,
+        epochs=args.epochs,
+        ways=args.ways,
+        shots=args.shots,
+        queries=args.queries,
+        lr=args.lr,
+        backbone_lr=args.backbone_lr,
+        optimizer=args.optimizer,
+        schedule=args.schedule,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        device=args.device,
+    )
+    cfg.validate()
+    ds = _load_base(args)
+    teacher = build_teacher(args.backbone, input_size=args.input_size)
+    meta_train_teacher(teacher, ds, cfg, args.run_dir)
+    print(f"teacher checkpoint: {Path(args.run_dir) / 'teacher.pt'}")
+    return 0
+
+
+def _pretrain_student(args: argparse.Namespace) -> int:
+    from tinyshot.distill.pretrain_student import PretrainConfig, checkpoint_path, pretrain_student
+
+    cfg = PretrainConfig(
+        epochs=args.epochs,
+        iterations=args.iterations,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        rotation_weight=args.rotation_weight,
+        input_size=args.input_size,
+        augment=not args.no_augment,
+        max_per_class=args.max_per_class,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        device=args.device,
+    )
+    cfg.validate()
+    ds = _load_base(args)
+    pretrain_student(args.arch, ds, cfg, args.out)
+    print(f"pretrained student: {checkpoint_path(args.arch, ds, cfg, args.out)}")
+    return 0
+
+
+def _bench_inference(args: argparse.Namespace) -> int:
+    from tinyshot.models.export import format_table, run_inference_bench
+
+    def ints(s: str) -> list[int]:
+        return [int(v) for v in s.split(",") if v.strip()]
+
+    rows = run_inference_bench(
+        student_size=args.size,
+        teacher_size=args.teacher_size,
+        batches=ints(args.batches),
+        teacher_batches=ints(args.teacher_batches),
+        vit_batches=ints(args.vit_batches),
+        budget=args.budget,
+        threads=args.threads,
+    )
+    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    return 0

