@@ -27,7 +27,7 @@ from torch import nn
 from tinyshot.data.base import FewShotDataset
 from tinyshot.errors import ConfigError, TrainingError
 from tinyshot.models.teacher import ProtoNetTeacher
-from tinyshot.utils.logging import get_logger, progress, setup_logging
+from tinyshot.utils.logging import get_logger, log_to, progress
 from tinyshot.utils.seed import derive_seed
 
 log = get_logger("meta_train")
@@ -179,13 +179,23 @@ def meta_train_teacher(
 ) -> ProtoNetTeacher:
     """Meta-train in place; resumes from run_dir/teacher.pt. `stop_after` ends this call early
     after that many episodes (the checkpoint is written), e.g. to work in time-boxed chunks."""
+    with log_to(run_dir):
+        return _meta_train_teacher(teacher, base_dataset, config, run_dir, stop_after)
+
+
+def _meta_train_teacher(
+    teacher: ProtoNetTeacher,
+    base_dataset: FewShotDataset,
+    config: MetaTrainConfig,
+    run_dir: str | Path,
+    stop_after: int | None = None,
+) -> ProtoNetTeacher:
     from tinyshot.utils.checkpoint import load_checkpoint, restore, save_checkpoint
     from tinyshot.utils.device import resolve_device
     from tinyshot.utils.io import write_json
 
     config.validate()
     run_dir = Path(run_dir)
-    setup_logging(run_dir)
     ckpt = run_dir / CHECKPOINT_NAME
     # Fails early, with the sampler's clear message, when the base classes are too small.
     episode_indices(base_dataset, config.ways, config.shots, config.queries, config.seed)

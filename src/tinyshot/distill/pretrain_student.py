@@ -32,7 +32,7 @@ from tinyshot.data.base import FewShotDataset
 from tinyshot.distill.meta_train import check_finite, check_resume_config, dataset_fingerprint
 from tinyshot.errors import ConfigError, DataError, ModelError
 from tinyshot.models.students import Student, build_student
-from tinyshot.utils.logging import get_logger, progress, setup_logging
+from tinyshot.utils.logging import get_logger, progress
 
 log = get_logger("pretrain")
 _NON_SEMANTIC = {"checkpoint_every", "log_every", "device"}
@@ -151,6 +151,20 @@ def pretrain_student(
     out: str | Path,
     stop_after: int | None = None,
 ) -> Student:
+    """Pretrain (or load the cached result); logs to the checkpoint folder's log.txt."""
+    from tinyshot.utils.logging import log_to
+
+    with log_to(checkpoint_path(arch.lower(), base_dataset, config, out).parent):
+        return _pretrain_student(arch, base_dataset, config, out, stop_after)
+
+
+def _pretrain_student(
+    arch: str,
+    base_dataset: FewShotDataset,
+    config: PretrainConfig,
+    out: str | Path,
+    stop_after: int | None = None,
+) -> Student:
     """Pretrain (or load the cached result); returns the student with its base-class head.
 
     `out` is a folder (the checkpoint gets a name keyed on arch + dataset + config) or a .pt path.
@@ -164,7 +178,6 @@ def pretrain_student(
     config.validate()
     arch = arch.lower()
     ckpt = checkpoint_path(arch, base_dataset, config, out)
-    setup_logging(ckpt.parent)
     n_cls = base_dataset.num_classes
     with torch.random.fork_rng(devices=[]):  # same seed -> same initial weights
         torch.manual_seed(derive_seed(config.seed, "init", arch) % 2**63)

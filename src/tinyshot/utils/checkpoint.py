@@ -69,7 +69,9 @@ def load_checkpoint(
     try:
         state = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # corrupt or foreign file
-        raise ModelError(f"{path}: not a readable tinyshot checkpoint ({type(e).__name__}: {e})") from e
+        raise ModelError(
+            f"{path}: not a readable tinyshot checkpoint ({type(e).__name__}: {e})"
+        ) from e
     if not isinstance(state, dict) or "model" not in state or "meta" not in state:
         raise ModelError(f"{path}: not a tinyshot checkpoint")
     for key, want in (expect or {}).items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from collections.abc import Iterable, Iterator
@@ -56,3 +57,21 @@ def progress(
     if disable is None:
         disable = not (sys.stderr.isatty() or os.environ.get("TINYSHOT_PROGRESS") == "1")
     return iter(tqdm(it, desc=desc, total=total, disable=disable, dynamic_ncols=True, **kw))
+
+
+@contextlib.contextmanager
+def log_to(run_dir: str | Path) -> Iterator[None]:
+    """Also log to run_dir/log.txt, for the duration of one stage only.
+
+    Several runs in one process (tests, the episodes of a demo) then keep separate logs.
+    """
+    logger = logging.getLogger(LOGGER_NAME)
+    before = set(logger.handlers)
+    setup_logging(run_dir)
+    try:
+        yield
+    finally:
+        for h in set(logger.handlers) - before:
+            if isinstance(h, logging.FileHandler):
+                logger.removeHandler(h)
+                h.close()
