@@ -248,7 +248,9 @@ def build_episode_teacher(data: EpisodeData, config: PipelineConfig):
     kw: dict[str, Any] = {}
     if config.teacher_input_size:
         kw["input_size"] = config.teacher_input_size
-    teacher = build_teacher(config.teacher, checkpoint=config.teacher_checkpoint, **kw)
+    with torch.random.fork_rng(devices=[]):  # a randomly initialised part is seeded too
+        torch.manual_seed(derive_seed("teacher", config.teacher) % 2**63)
+        teacher = build_teacher(config.teacher, checkpoint=config.teacher_checkpoint, **kw)
     teacher.eval()
     teacher.set_support(data.support.float() / 255.0, data.support_labels)
     return teacher

@@ -1,0 +1,184 @@
+"""End-to-end: the same pipeline code as the demo and `fit`, with a tiny random generator and a
+tiny teacher so it runs in seconds. Real Fashion-MNIST images (Debian package)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tinyshot.data.registry import load_dataset
+from tinyshot.data.sampler import sample_episode
+from tinyshot.errors import ConfigError
+from tinyshot.pipeline.episode import (
+    METHODS,
+    PipelineConfig,
+    pipeline_config_from_methods,
+    run_pipeline_episode,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_generator(tmp_path_factory) -> str:
+    from tinyshot.diffusion.model import build_tiny_diffusion_model
+
+    folder = tmp_path_factory.mktemp("gen") / "tiny"
+    build_tiny_diffusion_model(pixel_space=True, image_size=16, seed=0).save(folder)
+    return str(folder)
+
+
+def tiny_config(generator: str, methods=METHODS) -> PipelineConfig:
+    return PipelineConfig(
+        methods=tuple(methods),
+        generator=generator,
+        specialize={
+            "ti_steps": 4,
+            "num_inference_steps": 3,
+            "nti_inner_steps": 2,
+            "ti_batch_size": 2,
+        },
+        synthetic_per_class=6,
+        generation_batch_size=8,
+        teacher="conv4",
+        teacher_input_size=16,
+        student="conv4",
+        image_size=16,
+        pretrain_student=True,
+        pretrain={"iterations": 6, "batch_size": 16, "max_per_class": 20, "checkpoint_every": 3},
+        base_images=30,
+        distill={"iterations": 6, "batch_size": 15, "eval_every": 3, "checkpoint_every": 3},
+        val_queries_per_class=3,
+    ).validate()
+
+
+@pytest.fixture(scope="module")
+def fmnist():
+    return (
+        load_dataset("fashion-mnist", "novel-train"),
+        load_dataset("fashion-mnist", "novel-test"),
+        load_dataset("fashion-mnist", "base"),
+    )
+
+
+def test_episode_runs_every_method_and_resumes(tiny_generator, fmnist, tmp_path):
+    support_ds, query_ds, base_ds = fmnist
+    ep = sample_episode(support_ds, 3, 2, 4, seed=1, query_ds=query_ds)
+    cfg = tiny_config(tiny_generator)
+    res = run_pipeline_episode(ep, support_ds, query_ds, base_ds, cfg, tmp_path / "ep", seed=5)
+    assert set(res) == set(METHODS)
+    for m, r in res.items():
+        assert 0.0 <= r["accuracy"] <= 1.0, m
+        assert r["queries"] == 12
+    # Every stage left its files behind.
+    for g in ("ti", "dafusion", "tint"):
+        assert len(list((tmp_path / "ep" / "synthetic" / g).glob("**/*.png"))) == 3 * 6
+        assert (tmp_path / "ep" / "labels" / f"{g}.safetensors").is_file()
+    for m in METHODS[1:]:
+        hist = json.loads((tmp_path / "ep" / "students" / m / "history.json").read_text())
+        assert [e["step"] for e in hist["curve"] if "val_acc" in e] == [0, 3, 6]
+    # A finished episode is read back, not recomputed.
+    again = run_pipeline_episode(ep, support_ds, query_ds, base_ds, cfg, tmp_path / "ep", seed=5)
+    assert again == res
+
+
+def test_killed_episode_resumes_to_identical_results(tiny_generator, fmnist, tmp_path):
+    support_ds, query_ds, base_ds = fmnist
+    ep = sample_episode(support_ds, 2, 2, 3, seed=2, query_ds=query_ds)
+    cfg = tiny_config(tiny_generator, methods=("support+base", "tint"))
+    full = run_pipeline_episode(ep, support_ds, query_ds, base_ds, cfg, tmp_path / "a", seed=9)
+    # Simulate a kill after the synthetic images and labels exist but before the students end:
+    # remove the result and one student's finished state, keep everything else.
+    b = tmp_path / "b"
+    run_pipeline_episode(ep, support_ds, query_ds, base_ds, cfg, b, seed=9)
+    (b / "result.json").unlink()
+    for f in (b / "students" / "tint").iterdir():
+        f.unlink()
+    resumed = run_pipeline_episode(ep, support_ds, query_ds, base_ds, cfg, b, seed=9)
+    assert {m: r["accuracy"] for m, r in resumed.items()} == {
+        m: r["accuracy"] for m, r in full.items()
+    }
+
+
+def test_method_configs_merge_and_conflict():
+    cfg = pipeline_config_from_methods({"tint": {"alpha": 0.5}, "teacher": {}})
+    assert cfg.methods == ("teacher", "tint") and cfg.alpha == 0.5
+    with pytest.raises(ConfigError, match="alpha"):
+        pipeline_config_from_methods({"tint": {"alpha": 0.5}, "ti": {"alpha": 1.0}})
+    with pytest.raises(ConfigError, match="unknown method"):
+        pipeline_config_from_methods({"magic": {}})
+    with pytest.raises(ConfigError, match="unknown config key"):
+        PipelineConfig.from_dict({"alpah": 1.0})
+
+
+def _write_imagefolder(root: Path, ds, classes: list[int], k: int) -> None:
+    for c in classes:
+        d = root / ds.class_names[c].replace("/", "-")
+        d.mkdir(parents=True)
+        for j, i in enumerate(ds.indices_of(c)[:k]):
+            ds.load_image(int(i)).save(d / f"{j}.png")
+
+
+def test_fit_exports_a_working_onnx_model_and_resumes(tiny_generator, fmnist, tmp_path, capsys):
+    from tinyshot.cli import main
+    from tinyshot.models.export import OnnxClassifier
+
+    support_ds, query_ds, _ = fmnist
+    data = tmp_path / "data"
+    _write_imagefolder(data, support_ds, [0, 2], k=3)
+    (data / "Sandal" / "notes.txt").write_text("not an image")  # skipped with a warning
+    cfg_file = tmp_path / "cfg.json"
+    cfg = tiny_config(tiny_generator, methods=("tint",)).to_dict()
+    cfg.pop("methods")
+    cfg_file.write_text(json.dumps(cfg))
+    run = tmp_path / "run"
+    argv = [
+        "fit",
+        str(data),
+        "--out",
+        str(run),
+        "--config",
+        str(cfg_file),
+        "--base",
+        "fashion-mnist:base",
+    ]
+    assert main(argv) == 0
+    for name in ("model.onnx", "classes.json", "report.html", "config.json", "fit.json", "log.txt"):
+        assert (run / name).is_file(), name
+    html = (run / "report.html").read_text()
+    assert html.count("data:image/png;base64") >= 3 * 2 + 5 * 2  # supports, samples, alpha sweep
+    clf = OnnxClassifier(run / "model.onnx")
+    assert clf.class_names == ["Sandal", "Sneaker"]
+    imgs = [query_ds.load_image(int(i)) for i in query_ds.indices_of(0)[:2]]
+    pred, probs = clf.predict(imgs)
+    assert probs.shape == (2, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert pred == [clf.class_names[i] for i in probs.argmax(1)]
+    before = (run / "model.onnx").read_bytes()
+    assert main(argv) == 0  # resume: every stage is found finished
+    assert (run / "model.onnx").read_bytes() == before
+    # predict through the CLI on a folder
+    q = tmp_path / "q"
+    q.mkdir()
+    imgs[0].save(q / "a.png")
+    capsys.readouterr()
+    assert main(["predict", str(run / "model.onnx"), str(q)]) == 0
+    assert "a.png" in capsys.readouterr().out
+
+
+def test_fit_refuses_bad_input_with_clear_errors(tiny_generator, tmp_path, capsys):
+    from tinyshot.cli import main
+
+    data = tmp_path / "data"
+    (data / "cats").mkdir(parents=True)
+    (data / "dogs").mkdir()
+    Image.new("RGB", (32, 32)).save(data / "cats" / "a.png")
+    (data / "dogs" / "b.png").write_bytes(b"not a png")
+    assert (
+        main(["fit", str(data), "--out", str(tmp_path / "run"), "--generator", tiny_generator]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "b.png" in err and "Traceback" not in err
+    assert main(["fit", str(data), "--out", str(tmp_path / "r2"), "--alpha", "1.5"]) == 2
+    assert "alpha" in capsys.readouterr().err
