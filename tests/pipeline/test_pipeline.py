@@ -148,7 +148,8 @@ def test_fit_exports_a_working_onnx_model_and_resumes(tiny_generator, fmnist, tm
     for name in ("model.onnx", "classes.json", "report.html", "config.json", "fit.json", "log.txt"):
         assert (run / name).is_file(), name
     html = (run / "report.html").read_text()
-    assert html.count("data:image/png;base64") >= 3 * 2 + 5 * 2  # supports, samples, alpha sweep
+    # 2 classes: 3 supports + 6 generated + 5 alpha-sweep images each
+    assert html.count("data:image/png;base64") == 2 * (3 + 6 + 5)
     clf = OnnxClassifier(run / "model.onnx")
     assert clf.class_names == ["Sandal", "Sneaker"]
     imgs = [query_ds.load_image(int(i)) for i in query_ds.indices_of(0)[:2]]
