@@ -1,9 +1,190 @@
-"""CLI sub-commands for this stage (registered by tinyshot.cli)."""
+"""CLI sub-commands for this stage (registered by tinyshot.cli): specialize, generate, and
+`tinyshot bench generate`."""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this stage's sub-commands to the `tinyshot` parser."""
+    from tinyshot.diffusion.config import SpecializeConfig
+
+    d = SpecializeConfig()
+    p = sub.add_parser(
+        "specialize",
+        help="textual + null-text inversion of a diffusion model on a class-per-folder set",
+        description="TI for all classes jointly, then DDIM + null-text inversion of every "
+        "image. Writes OUT/<class>.safetensors + OUT/<class>.json per class and OUT/log.txt. "
+        "Kill it any time; rerunning the same command resumes. See docs/generator.md.",
+    )
+    p.add_argument("data_dir", help="folder with one sub-folder of images per class")
+    p.add_argument("--model", required=True, help="diffusers model folder or hub id")
+    p.add_argument("--out", required=True, help="artifact folder")
+    p.add_argument("--config", default=None, help="JSON file with SpecializeConfig fields")
+    p.add_argument("--ti-steps", type=int, default=None, help=f"TI steps (default {d.ti_steps})")
+    p.add_argument(
+        "--ti-lr", type=float, default=None, help=f"TI learning rate (default {d.ti_lr})"
+    )
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"DDIM steps (default {d.num_inference_steps})")  # fmt: skip
+    p.add_argument("--inversion", choices=["nti", "npi"], default=None,
+                   help="nti: null-text inversion (default); npi: negative-prompt inversion")  # fmt: skip
+    p.add_argument("--nti-inner-steps", type=int, default=None)
+    p.add_argument("--nti-lr", type=float, default=None)
+    p.add_argument("--guidance", type=float, default=None, help=f"CFG scale (default {d.guidance})")
+    p.add_argument("--upscale", choices=["auto", "sr", "bilinear"], default=None)
+    p.add_argument("--seed", type=int, default=None)
+    _device_args(p)
+    p.set_defaults(func=_specialize)
+
+    g = sub.add_parser(
+        "generate",
+        help="synthetic images from specialization artifacts (TINT, plain TI, DA-Fusion)",
+        description="Writes OUT/images/<class>/<index>.png and OUT/manifest.jsonl; rerun the "
+        "same command to resume an interrupted run (the result is identical).",
+    )
+    g.add_argument("--artifacts", required=True, help="folder written by `tinyshot specialize`")
+    g.add_argument("--model", required=True, help="the model used for specialization")
+    g.add_argument("--method", choices=["tint", "ti", "dafusion"], default="tint")
+    g.add_argument("--per-class", type=int, required=True, help="images per class")
+    g.add_argument("--out", required=True)
+    g.add_argument("--alpha", type=float, default=1.0, help="TINT noise blend in [0,1] (default 1)")
+    g.add_argument("--batch-size", type=int, default=16)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--guidance", type=float, default=None, help="default: the artifacts'")
+    g.add_argument("--steps", type=int, default=None, help="default: the artifacts'")
+    _device_args(g)
+    g.set_defaults(func=_generate)
+
+
+def register_bench(bench_sub: argparse._SubParsersAction) -> None:
+    p = bench_sub.add_parser(
+        "generate",
+        help="seconds per image for TI, NTI and generation; batched vs one-at-a-time",
+    )
+    p.add_argument("--model", default=None, help="model folder (default: tiny random SD model)")
+    p.add_argument("--pixel-space", action="store_true", help="tiny model without VAE")
+    p.add_argument("--classes", type=int, default=2)
+    p.add_argument("--shots", type=int, default=3)
+    p.add_argument("--ti-steps", type=int, default=20)
+    p.add_argument("--steps", type=int, default=20, help="DDIM steps")
+    p.add_argument("--nti-inner-steps", type=int, default=10)
+    p.add_argument("--images", type=int, default=64, help="images generated batched")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--reference-images", type=int, default=8, help="images made one at a time")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    _device_args(p)
+    p.set_defaults(func=_bench)
+
+
+def _device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--dtype", default=None, help="fp32, fp16, bf16 (default: fp16 on GPU)")
+
+
+def _specialize(args: argparse.Namespace) -> int:
+    from tinyshot.diffusion.config import SpecializeConfig
+    from tinyshot.diffusion.model import load_diffusion_model
+    from tinyshot.diffusion.specialize import specialize
+    from tinyshot.utils.io import read_json
+    from tinyshot.utils.logging import setup_logging
+
+    base = read_json(args.config) if args.config else {}
+    overrides = {
+        "ti_steps": args.ti_steps,
+        "ti_lr": args.ti_lr,
+        "num_inference_steps": args.steps,
+        "inversion": args.inversion,
+        "nti_inner_steps": args.nti_inner_steps,
+        "nti_lr": args.nti_lr,
+        "guidance": args.guidance,
+        "upscale": args.upscale,
+        "seed": args.seed,
+    }
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    cfg = SpecializeConfig.from_dict(base).validate()
+    images, names = read_class_folders(args.data_dir)
+    setup_logging(args.out)
+    model = load_diffusion_model(args.model, args.device, args.dtype)
+    arts = specialize(model, images, names, cfg, args.out)
+    for a in arts:
+        s = a.meta.get("stats", {})
+        print(
+            f"{a.class_index} {a.class_name}: {a.num_support} images, TI loss "
+            f"{s.get('ti_loss_init', float('nan')):.4f} -> {s.get('ti_loss_final', float('nan')):.4f}"
+        )
+    print(f"artifacts: {args.out}")
+    return 0
+
+
+def read_class_folders(data_dir: str | Path) -> tuple[list[list], list[str]]:
+    """Images grouped by class from a class-per-folder tree (all images of each class)."""
+    from tinyshot.data.imagefolder import load_imagefolder
+
+    ds = load_imagefolder(data_dir)
+    groups = [[ds.load_image(int(i)) for i in ds.indices_of(c)] for c in range(ds.num_classes)]
+    return groups, list(ds.class_names)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from tinyshot.diffusion.artifacts import load_artifacts
+    from tinyshot.diffusion.generate import generate
+    from tinyshot.diffusion.model import load_diffusion_model
+    from tinyshot.errors import ConfigError
+    from tinyshot.utils.logging import setup_logging
+
+    if not 0.0 <= args.alpha <= 1.0:
+        raise ConfigError(f"--alpha must be in [0, 1], got {args.alpha}")
+    arts = load_artifacts(args.artifacts)
+    setup_logging(args.out)
+    model = load_diffusion_model(args.model, args.device, args.dtype)
+    store = generate(
+        model,
+        arts,
+        args.method,
+        args.per_class,
+        args.out,
+        alpha=args.alpha,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        guidance=args.guidance,
+        steps=args.steps,
+    )
+    print(f"{len(store)} images in {args.out} (manifest.jsonl)")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from tinyshot.diffusion.bench import run_generation_bench
+    from tinyshot.diffusion.model import build_tiny_diffusion_model, load_diffusion_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.model:
+        model = load_diffusion_model(args.model, args.device, args.dtype)
+    else:
+        model = build_tiny_diffusion_model(
+            pixel_space=args.pixel_space, device=args.device or "cpu", dtype=args.dtype
+        )
+    res = run_generation_bench(
+        model,
+        classes=args.classes,
+        shots=args.shots,
+        ti_steps=args.ti_steps,
+        steps=args.steps,
+        nti_inner_steps=args.nti_inner_steps,
+        images=args.images,
+        batch_size=args.batch_size,
+        reference_images=args.reference_images,
+    )
+    if args.json:
+        print(json.dumps({"rows": res.rows, "info": res.info}, indent=2))
+    else:
+        print(res.table())
+    return 0

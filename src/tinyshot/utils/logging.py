@@ -25,9 +25,13 @@ def setup_logging(run_dir: str | Path | None = None, verbose: bool = False) -> l
     logger.setLevel(logging.DEBUG)
     if not any(getattr(h, "_tinyshot_console", False) for h in logger.handlers):
         try:
+            from rich.console import Console
             from rich.logging import RichHandler
 
-            console: logging.Handler = RichHandler(show_path=False, rich_tracebacks=False)
+            # stderr, so that stdout carries only results (`--json` output can be piped)
+            console: logging.Handler = RichHandler(
+                console=Console(stderr=True), show_path=False, rich_tracebacks=False
+            )
         except ImportError:  # pragma: no cover
             console = logging.StreamHandler(sys.stderr)
         console.setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -1,0 +1,127 @@
+"""Null-text inversion (Mokady et al.) and negative-prompt inversion, batched over images.
+
+NTI optimizes one unconditional embedding per timestep so that guided DDIM sampling retraces
+the unguided inversion trajectory. All support images of an episode go through the UNet
+together; each has its own loss, early stop and (frozen once stopped) embedding, so the
+result per image equals a separate run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from tinyshot.diffusion.ddim import DDIMSchedule, cfg_eps, ddim_invert, ddim_move
+from tinyshot.diffusion.model import DiffusionModel
+from tinyshot.diffusion.textual_inversion import loss_scale
+from tinyshot.utils.logging import get_logger, progress
+
+log = get_logger("diffusion.nti")
+
+
+@dataclass
+class InversionResult:
+    z_T: torch.Tensor  # (B, C, h, w)
+    null_embeddings: torch.Tensor  # (B, S, 77, D) for NTI, (B, 1, 77, D) for NPI
+    recon_error: torch.Tensor  # (B,) MSE of the guided reconstruction vs z0, in latent space
+    inner_steps: torch.Tensor  # (B,) optimizer steps taken (NTI), 0 for NPI
+
+
+def null_text_inversion(
+    model: DiffusionModel,
+    z0: torch.Tensor,
+    cond: torch.Tensor,
+    schedule: DDIMSchedule,
+    guidance: float = 7.5,
+    inner_steps: int = 10,
+    lr: float = 1e-2,
+    lr_decay: bool = True,
+    early_stop: float = 1e-5,
+    show_progress: bool | None = None,
+) -> InversionResult:
+    """cond: (B,77,D) per-image conditional embedding (its class token prompt).
+
+    lr_decay follows Mokady et al.: lr * (1 - i / (2 S)) at step i of S (1e-2 -> 5e-3 for
+    S=50), the schedule the paper cites; early stop when an image's loss < early_stop.
+    """
+    traj = ddim_invert(model, z0, cond, schedule)
+    b, s = z0.shape[0], schedule.steps
+    u = model.empty_embedding().expand(b, -1, -1).clone()
+    x = traj[0].clone()
+    nulls = []
+    taken = torch.zeros(b, dtype=torch.long)
+    for i in progress(
+        range(s),
+        desc="null-text inversion",
+        total=s,
+        disable=None if show_progress is None else not show_progress,
+    ):
+        t = schedule.timesteps[i]
+        target = traj[i + 1]
+        with torch.no_grad():
+            e_c = model.eps(x, t, cond)
+        u = u.detach().clone().requires_grad_(True)
+        step_lr = lr * (1.0 - i / (2.0 * s)) if lr_decay else lr
+        opt = torch.optim.Adam([u], lr=step_lr)
+        done = torch.zeros(b, dtype=torch.bool, device=x.device)
+        for _ in range(inner_steps):
+            act = torch.nonzero(~done).flatten()
+            e_u = model.eps(x[act], t, u[act])
+            eps = e_u + guidance * (e_c[act] - e_u)
+            pred = ddim_move(x[act], eps, schedule.alpha[i], schedule.alpha_prev[i])
+            per = ((pred - target[act]) ** 2).flatten(1).mean(1)
+            stop = per.detach() < early_stop
+            if bool(stop.all()):
+                done[act] = True
+                break
+            opt.zero_grad(set_to_none=True)
+            (per.masked_fill(stop, 0.0).sum() * loss_scale(model)).backward()
+            frozen = done.clone()
+            frozen[act[stop]] = True
+            kept = u.detach()[frozen].clone()
+            opt.step()
+            with torch.no_grad():
+                u[frozen] = kept
+            taken[(~frozen).cpu()] += 1
+            done = frozen
+        u = u.detach()
+        nulls.append(u.clone())
+        with torch.no_grad():
+            x = ddim_move(
+                x,
+                cfg_eps(model, x, t, u, cond, guidance),
+                schedule.alpha[i],
+                schedule.alpha_prev[i],
+            )
+    err = ((x - traj[-1]) ** 2).flatten(1).mean(1)
+    return InversionResult(
+        z_T=traj[0], null_embeddings=torch.stack(nulls, 1), recon_error=err.cpu(), inner_steps=taken
+    )
+
+
+@torch.no_grad()
+def negative_prompt_inversion(
+    model: DiffusionModel,
+    z0: torch.Tensor,
+    cond: torch.Tensor,
+    schedule: DDIMSchedule,
+    guidance: float = 7.5,
+) -> InversionResult:
+    """Miyake et al.: use the conditional embedding as the null embedding, no optimization.
+
+    With u = v the guided prediction equals the conditional one, so sampling retraces the
+    inversion up to the DDIM approximation error; one embedding serves every timestep.
+    """
+    traj = ddim_invert(model, z0, cond, schedule)
+    x = traj[0].clone()
+    for i in range(schedule.steps):
+        eps = cfg_eps(model, x, schedule.timesteps[i], cond, cond, guidance)
+        x = ddim_move(x, eps, schedule.alpha[i], schedule.alpha_prev[i])
+    err = ((x - traj[-1]) ** 2).flatten(1).mean(1)
+    return InversionResult(
+        z_T=traj[0],
+        null_embeddings=cond.detach().float().unsqueeze(1).clone(),
+        recon_error=err.cpu(),
+        inner_steps=torch.zeros(z0.shape[0], dtype=torch.long),
+    )

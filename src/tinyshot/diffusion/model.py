@@ -1,0 +1,491 @@
+"""One bundle for a Stable Diffusion 1.x style model (UNet, CLIP text encoder, tokenizer, DDIM
+scheduler, optional VAE), loaded from a diffusers folder or hub id, or built tiny for tests.
+
+A folder without `vae/` is a pixel-space model: latents are the images mapped to [-1, 1]. The
+project's own offline generator uses that layout; TI, NTI and generation treat both alike.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tinyshot.errors import ConfigError, ModelError
+from tinyshot.utils.device import resolve_device, resolve_dtype
+from tinyshot.utils.logging import get_logger
+
+log = get_logger("diffusion")
+
+DEFAULT_TEMPLATE = "a photo of an {}"
+TINYSHOT_JSON = "tinyshot.json"
+# Stable Diffusion 1.5's noise schedule (scheduler/scheduler_config.json of the hub model).
+SD15_SCHEDULER = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "clip_sample": False,
+    "prediction_type": "epsilon",
+    "timestep_spacing": "leading",
+}
+SUPPORTED_PREDICTION = ("epsilon",)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass
+class DiffusionModel:
+    """The parts TI, NTI and generation need, on one device; the text encoder stays fp32."""
+
+    unet: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler: Any
+    vae: Any | None = None
+    model_id: str = "unnamed"
+    caption_template: str = DEFAULT_TEMPLATE
+    image_size: int | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype = torch.float32
+    _empty: torch.Tensor | None = field(default=None, repr=False)
+
+    # -- geometry -------------------------------------------------------------------------
+    @property
+    def pixel_space(self) -> bool:
+        return self.vae is None
+
+    @property
+    def vae_scale_factor(self) -> int:
+        if self.vae is None:
+            return 1
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_size(self) -> int:
+        return int(self.unet.config.sample_size)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.unet.config.in_channels)
+
+    @property
+    def resolution(self) -> int:
+        """Pixel size of the square images the model makes and inverts."""
+        if self.pixel_space and self.image_size:
+            return int(self.image_size)
+        return self.latent_size * self.vae_scale_factor
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return (self.latent_channels, self.latent_size, self.latent_size)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.text_encoder.config.hidden_size)
+
+    @property
+    def max_length(self) -> int:
+        return min(
+            int(self.tokenizer.model_max_length),
+            int(self.text_encoder.config.max_position_embeddings),
+        )
+
+    # -- images <-> latents ---------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+        """(N,3,H,W) in [0,1] -> fp32 latents; the VAE's distribution mean, as the official code."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ConfigError(f"encode expects (N,3,H,W) images, got {tuple(images.shape)}")
+        x = images.to(self.device, torch.float32) * 2 - 1
+        if self.vae is None:
+            return x
+        out = []
+        sf = float(self.vae.config.scaling_factor)
+        for chunk in x.split(batch_size):
+            dist = self.vae.encode(chunk.to(self.vae.dtype)).latent_dist
+            out.append(dist.mean.float() * sf)
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+        """Latents -> fp32 images in [0,1] on the model device."""
+        z = latents.to(self.device, torch.float32)
+        if self.vae is None:
+            return ((z + 1) / 2).clamp(0, 1)
+        sf = float(self.vae.config.scaling_factor)
+        out = []
+        for chunk in z.split(batch_size):
+            x = self.vae.decode((chunk / sf).to(self.vae.dtype)).sample.float()
+            out.append(((x + 1) / 2).clamp(0, 1))
+        return torch.cat(out)
+
+    # -- text -------------------------------------------------------------------------------
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        ids = self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        return ids.to(self.device)
+
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        """(B,77,D) fp32 last hidden states (what SD feeds to cross-attention)."""
+        return self.text_encoder(self.tokenize(prompts))[0].float()
+
+    @torch.no_grad()
+    def empty_embedding(self) -> torch.Tensor:
+        """The standard null-text embedding (empty prompt), (1,77,D) fp32, cached."""
+        if self._empty is None:
+            self._empty = self.encode_text([""])
+        return self._empty
+
+    def ensure_tokens(self, tokens: list[str], init_word: str = "object") -> list[int]:
+        """Add placeholder tokens (idempotent); new embedding rows start as `init_word`'s row.
+
+        Existing rows are copied unchanged, so every original token keeps its exact embedding.
+        """
+        missing = [t for t in tokens if t not in self.tokenizer.get_vocab()]
+        if missing:
+            self.tokenizer.add_tokens(missing)
+        ids = self.tokenizer.convert_tokens_to_ids(tokens)
+        emb = self.text_encoder.get_input_embeddings()
+        need = len(self.tokenizer)
+        if emb.weight.shape[0] < need:
+            init = self.token_init_vector(init_word, emb.weight)
+            extra = init.expand(need - emb.weight.shape[0], -1)
+            weight = torch.cat([emb.weight.detach(), extra.to(emb.weight)], 0)
+            new = nn.Embedding.from_pretrained(weight, freeze=False)
+            self.text_encoder.set_input_embeddings(new)
+            self.text_encoder.config.vocab_size = need
+        return list(ids)
+
+    def token_init_vector(self, word: str, weight: torch.Tensor | None = None) -> torch.Tensor:
+        ids = self.tokenizer(word, add_special_tokens=False).input_ids
+        if len(ids) != 1:
+            raise ConfigError(f"init_token {word!r} must be a single CLIP token, it is {len(ids)}")
+        w = self.text_encoder.get_input_embeddings().weight if weight is None else weight
+        return w[ids[0]].detach().clone().float()
+
+    @torch.no_grad()
+    def set_token_embeddings(self, tokens: list[str], vectors: torch.Tensor) -> None:
+        """Write learned vectors into the placeholder rows, so plain prompts use them."""
+        ids = self.ensure_tokens(tokens)
+        w = self.text_encoder.get_input_embeddings().weight
+        w[torch.tensor(ids, device=w.device)] = vectors.to(w)
+
+    # -- denoiser ---------------------------------------------------------------------------
+    def eps(self, z: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        """Noise prediction in fp32 for fp32 latents; the UNet runs in the model dtype."""
+        if t.ndim == 0:
+            t = t.expand(z.shape[0])
+        out = self.unet(
+            z.to(self.dtype), t.to(self.device), encoder_hidden_states=ctx.to(self.dtype)
+        ).sample
+        return out.float()
+
+    # -- persistence --------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        import diffusers
+        import transformers
+
+        return {
+            "model_id": self.model_id,
+            "pixel_space": self.pixel_space,
+            "resolution": self.resolution,
+            "latent_shape": list(self.latent_shape),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "scheduler": dict(self.scheduler.config),
+            "versions": {
+                "torch": torch.__version__,
+                "diffusers": diffusers.__version__,
+                "transformers": transformers.__version__,
+            },
+        }
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the diffusers layout (unet/, text_encoder/, tokenizer/, scheduler/, vae/?)."""
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+        try:
+            self.unet.save_pretrained(tmp / "unet")
+            self.text_encoder.save_pretrained(tmp / "text_encoder")
+            self.tokenizer.save_pretrained(tmp / "tokenizer")
+            self.scheduler.save_pretrained(tmp / "scheduler")
+            meta: dict[str, Any] = {
+                "pixel_space": self.pixel_space,
+                "image_size": self.resolution,
+                "caption_template": self.caption_template,
+            }
+            if self.vae is not None:
+                self.vae.save_pretrained(tmp / "vae")
+                index = {
+                    "_class_name": "StableDiffusionPipeline",
+                    "feature_extractor": [None, None],
+                    "safety_checker": [None, None],
+                    "requires_safety_checker": False,
+                    "scheduler": ["diffusers", type(self.scheduler).__name__],
+                    "text_encoder": ["transformers", type(self.text_encoder).__name__],
+                    "tokenizer": ["transformers", type(self.tokenizer).__name__],
+                    "unet": ["diffusers", type(self.unet).__name__],
+                    "vae": ["diffusers", type(self.vae).__name__],
+                }
+                (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+            (tmp / TINYSHOT_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+            if folder.exists():
+                shutil.rmtree(folder)
+            tmp.rename(folder)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return folder
+
+
+def make_ddim_scheduler(config: dict[str, Any], timestep_spacing: str | None = None):
+    """A DDIMScheduler from any SD-family scheduler config; refuses non-epsilon models."""
+    from diffusers import DDIMScheduler
+
+    pred = config.get("prediction_type", "epsilon")
+    if pred not in SUPPORTED_PREDICTION:
+        raise ModelError(
+            f"scheduler prediction_type {pred!r} is not supported (DDIM inversion here needs "
+            f"an epsilon-prediction model such as SD 1.x)"
+        )
+    cfg = {k: v for k, v in config.items() if not k.startswith("_")}
+    if timestep_spacing is not None:
+        if timestep_spacing not in ("leading", "trailing", "linspace"):
+            raise ConfigError(
+                f"timestep_spacing must be leading, trailing or linspace, got {timestep_spacing!r}"
+            )
+        cfg["timestep_spacing"] = timestep_spacing
+    cfg["clip_sample"] = False
+    return DDIMScheduler.from_config(cfg)
+
+
+def _to(module: nn.Module, dev: torch.device, dt: torch.dtype) -> None:
+    """Cast only when needed (diffusers warns on every dtype cast, even a no-op one)."""
+    module.to(dev)
+    if next(module.parameters()).dtype != dt:
+        module.to(dtype=dt)
+    module.eval().requires_grad_(False)
+
+
+def _prepare_modules(model: DiffusionModel) -> DiffusionModel:
+    """Move to device/dtype, eval mode, no grads, SDPA attention on GPU."""
+    dev, dt = model.device, model.dtype
+    _to(model.unet, dev, dt)
+    _to(model.text_encoder, dev, torch.float32)
+    if model.vae is not None:
+        _to(model.vae, dev, dt)
+    if dev.type == "cuda":
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        model.unet.set_attn_processor(AttnProcessor2_0())
+    return model
+
+
+def load_diffusion_model(
+    path_or_hub_id: str | Path,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> DiffusionModel:
+    """Load a diffusers-layout SD 1.x model from a folder, or from the hub by id.
+
+    fp32 on CPU by default, fp16 on GPU; `vae/` is optional (pixel-space model).
+    """
+    dev = resolve_device(device if device is None or isinstance(device, str) else str(device))
+    dt = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, dev)
+    src = str(path_or_hub_id)
+    path = Path(src).expanduser()
+    if path.exists():
+        return _load_local(path, dev, dt)
+    if _HUB_ID.match(src) and not src.startswith((".", "/", "~")):
+        return _load_hub(src, dev, dt)
+    raise ModelError(f"{src}: model folder not found (expected a diffusers folder or a hub id)")
+
+
+def _load_local(path: Path, dev: torch.device, dt: torch.dtype) -> DiffusionModel:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    from tinyshot.diffusion.tokenizer import load_clip_tokenizer
+
+    if not path.is_dir():
+        raise ModelError(f"{path}: not a folder; a model is a diffusers folder with unet/ etc.")
+    for sub in ("unet", "text_encoder"):
+        if not (path / sub / "config.json").is_file():
+            raise ModelError(f"{path}: missing {sub}/config.json (not a diffusers SD folder)")
+    meta: dict[str, Any] = {}
+    if (path / TINYSHOT_JSON).is_file():
+        meta = json.loads((path / TINYSHOT_JSON).read_text())
+    sched_cfg = dict(SD15_SCHEDULER)
+    sched_file = path / "scheduler" / "scheduler_config.json"
+    if sched_file.is_file():
+        sched_cfg = json.loads(sched_file.read_text())
+    try:
+        unet = UNet2DConditionModel.from_pretrained(path / "unet")
+        text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder")
+        tok_dir = path / "tokenizer"
+        tokenizer = load_clip_tokenizer(tok_dir if tok_dir.is_dir() else None)
+        vae = None
+        if (path / "vae" / "config.json").is_file() and not meta.get("pixel_space", False):
+            vae = AutoencoderKL.from_pretrained(path / "vae")
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelError(f"{path}: cannot load model ({type(e).__name__}: {e})") from e
+    model = DiffusionModel(
+        unet=unet,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=make_ddim_scheduler(sched_cfg),
+        vae=vae,
+        model_id=str(path.resolve()),
+        caption_template=meta.get("caption_template", DEFAULT_TEMPLATE),
+        image_size=meta.get("image_size"),
+        device=dev,
+        dtype=dt,
+    )
+    _check_shapes(model, path)
+    return _prepare_modules(model)
+
+
+def _load_hub(repo: str, dev: torch.device, dt: torch.dtype) -> DiffusionModel:
+    try:
+        from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        unet = UNet2DConditionModel.from_pretrained(repo, subfolder="unet")
+        text_encoder = CLIPTextModel.from_pretrained(repo, subfolder="text_encoder")
+        tokenizer = CLIPTokenizer.from_pretrained(repo, subfolder="tokenizer")
+        vae = AutoencoderKL.from_pretrained(repo, subfolder="vae")
+        sched_cfg = DDIMScheduler.load_config(repo, subfolder="scheduler")
+    except Exception as e:  # network, missing repo, gated: all mean "cannot use this id"
+        raise ModelError(
+            f"{repo}: no such local folder, and the hub id could not be loaded "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            "offline, pass a local diffusers folder"
+        ) from e
+    model = DiffusionModel(
+        unet=unet,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=make_ddim_scheduler(dict(sched_cfg)),
+        vae=vae,
+        model_id=repo,
+        device=dev,
+        dtype=dt,
+    )
+    return _prepare_modules(model)
+
+
+def _check_shapes(model: DiffusionModel, path: Path) -> None:
+    xattn = model.unet.config.cross_attention_dim
+    if xattn != model.embed_dim:
+        raise ModelError(
+            f"{path}: unet cross_attention_dim {xattn} != text encoder hidden size {model.embed_dim}"
+        )
+    want = model.vae.config.latent_channels if model.vae is not None else 3
+    if model.latent_channels != want:
+        raise ModelError(f"{path}: unet in_channels {model.latent_channels}, expected {want}")
+
+
+def build_tiny_diffusion_model(
+    pixel_space: bool = False,
+    image_size: int = 32,
+    seed: int = 0,
+    device: str | torch.device | None = "cpu",
+    dtype: str | torch.dtype | None = None,
+) -> DiffusionModel:
+    """SD-architecture model with random weights and small channels, and the real CLIP tokenizer.
+
+    The same diffusers/transformers classes as SD 1.5, so tests exercise the full-size code path.
+    With a VAE (downsampling x4) a 32 px image becomes a 4x8x8 latent; the VAE's scaling factor
+    is set so those latents have unit standard deviation, as SD's 0.18215 does for its VAE.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from tinyshot.diffusion.tokenizer import load_clip_tokenizer
+
+    if image_size % 8:
+        raise ConfigError(f"image_size must be a multiple of 8, got {image_size}")
+    dim = 32
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=49408,
+                hidden_size=dim,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=77,
+                projection_dim=dim,
+                bos_token_id=49406,
+                eos_token_id=49407,
+                pad_token_id=49407,
+            )
+        )
+        vae = None
+        if not pixel_space:
+            vae = AutoencoderKL(
+                in_channels=3,
+                out_channels=3,
+                down_block_types=("DownEncoderBlock2D",) * 3,
+                up_block_types=("UpDecoderBlock2D",) * 3,
+                block_out_channels=(32, 32, 64),
+                layers_per_block=1,
+                latent_channels=4,
+                norm_num_groups=32,
+                sample_size=image_size,
+            )
+        channels = 3 if pixel_space else 4
+        first_down = "DownBlock2D" if pixel_space else "CrossAttnDownBlock2D"
+        first_up = "UpBlock2D" if pixel_space else "CrossAttnUpBlock2D"
+        size = image_size if pixel_space else image_size // 4
+        unet = UNet2DConditionModel(
+            sample_size=size,
+            in_channels=channels,
+            out_channels=channels,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            # Cross-attention at every level (as SD's 64x64 latents have), except at a pixel
+            # model's full resolution, where 1024-token attention would dominate the cost.
+            down_block_types=(first_down, "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", first_up),
+            cross_attention_dim=dim,
+            attention_head_dim=2,  # diffusers reads this as the number of heads (as SD 1.5)
+            norm_num_groups=32,
+        )
+        if vae is not None:
+            with torch.no_grad():
+                probe = torch.rand(
+                    8, 3, image_size, image_size, generator=torch.Generator().manual_seed(seed)
+                )
+                std = float(vae.encode(probe * 2 - 1).latent_dist.mean.std())
+            vae.register_to_config(scaling_factor=1.0 / std)
+    model = DiffusionModel(
+        unet=unet,
+        text_encoder=text_encoder,
+        tokenizer=load_clip_tokenizer(),
+        scheduler=make_ddim_scheduler(dict(SD15_SCHEDULER)),
+        vae=vae,
+        model_id=f"tiny-{'pixel' if pixel_space else 'latent'}-{image_size}px-seed{seed}",
+        caption_template=DEFAULT_TEMPLATE,
+        image_size=image_size,
+    )
+    model.device = resolve_device(
+        device if device is None or isinstance(device, str) else str(device)
+    )
+    model.dtype = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, model.device)
+    return _prepare_modules(model)

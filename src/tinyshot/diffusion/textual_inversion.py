@@ -1,0 +1,184 @@
+"""Textual inversion of N classes at once: one new token per class, trained jointly.
+
+The learned vectors live in their own (N, D) parameter and are injected into the token
+embedding output by a forward hook, so the text encoder's weight matrix is never touched
+by the optimizer (and AdamW's decay cannot drift other rows). Each class's loss is summed,
+not averaged, over classes: token n gets exactly the gradient of a separate run on class n.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from tinyshot.diffusion.config import SpecializeConfig
+from tinyshot.diffusion.model import DiffusionModel
+from tinyshot.errors import TrainingError
+from tinyshot.utils.io import atomic_write
+from tinyshot.utils.logging import get_logger, progress
+from tinyshot.utils.seed import derive_seed, torch_generator
+
+log = get_logger("diffusion.ti")
+
+
+def placeholder_tokens(n: int) -> list[str]:
+    return [f"<tinyshot-{i}>" for i in range(n)]
+
+
+@contextlib.contextmanager
+def injected_tokens(
+    model: DiffusionModel, token_ids: list[int], vectors: torch.Tensor
+) -> Iterator[None]:
+    """While active, the embedding of token_ids[n] is vectors[n] (differentiably)."""
+    emb = model.text_encoder.get_input_embeddings()
+    ids = torch.tensor(token_ids, device=emb.weight.device)
+
+    def hook(_module, inputs, output):
+        match = inputs[0][..., None] == ids  # (B, L, N)
+        if not bool(match.any()):
+            return output
+        rep = match.to(vectors.dtype) @ vectors.to(output.device)
+        return torch.where(match.any(-1, keepdim=True), rep.to(output.dtype), output)
+
+    handle = emb.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def encode_token_prompts(
+    model: DiffusionModel, template: str, tokens: list[str], vectors: torch.Tensor
+) -> torch.Tensor:
+    """(N,77,D) fp32 prompt embeddings of template.format(token_n) with token_n := vectors[n]."""
+    ids = model.ensure_tokens(tokens)
+    with injected_tokens(model, ids, vectors):
+        return model.encode_text([template.format(t) for t in tokens])
+
+
+def diffusion_loss(
+    model: DiffusionModel,
+    latents: torch.Tensor,
+    cond: torch.Tensor,
+    timesteps: torch.Tensor,
+    noise: torch.Tensor,
+) -> torch.Tensor:
+    """Per-sample ||eps - eps(z_t; t, v)||^2 (mean over latent dims), Eq. 1."""
+    zt = model.scheduler.add_noise(latents, noise, timesteps.to(latents.device))
+    pred = model.eps(zt, timesteps.to(latents.device), cond)
+    return ((pred - noise) ** 2).flatten(1).mean(1)
+
+
+def _draw(
+    latents: list[torch.Tensor], per_class: int, cfg: SpecializeConfig, step: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Support picks, timesteps and noise of one step, from seeds of (seed, step, class) alone:
+    a resumed run draws what an uninterrupted one would, and a class draws the same whatever
+    the classes after it (joint training equals separate runs)."""
+    zs, ts, ns = [], [], []
+    for c, z in enumerate(latents):
+        g = torch_generator(derive_seed(cfg.seed, "ti", step, c))
+        pick = torch.randint(len(z), (per_class,), generator=g)
+        ts.append(torch.randint(cfg.t_min, cfg.t_max, (per_class,), generator=g))
+        ns.append(torch.randn((per_class, *z.shape[1:]), generator=g))
+        zs.append(z[pick.to(z.device)])
+    return torch.cat(zs), torch.cat(ts), torch.cat(ns)
+
+
+def loss_scale(model: DiffusionModel) -> float:
+    """Static loss scale for fp16 UNets, so backward does not underflow. Adam's update is
+    invariant to a constant gradient scale, so no unscaling is needed."""
+    return 1024.0 if model.dtype == torch.float16 else 1.0
+
+
+def _optimizer(params: list[torch.Tensor], cfg: SpecializeConfig) -> torch.optim.Optimizer:
+    if cfg.ti_optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.ti_lr, weight_decay=cfg.ti_weight_decay)
+    return torch.optim.Adam(params, lr=cfg.ti_lr)
+
+
+def train_tokens(
+    model: DiffusionModel,
+    latents: list[torch.Tensor],
+    template: str,
+    cfg: SpecializeConfig,
+    state_path: Path | None = None,
+    show_progress: bool | None = None,
+) -> torch.Tensor:
+    """Learn one token vector per class from its support latents; returns (N, D) fp32.
+
+    A checkpoint (vectors, optimizer state, step) is written to state_path every
+    cfg.ti_checkpoint_every steps; an existing one is resumed bit-exactly.
+    """
+    n = len(latents)
+    tokens = placeholder_tokens(n)
+    ids = model.ensure_tokens(tokens, cfg.init_token)
+    init = model.token_init_vector(cfg.init_token)
+    vectors = init.to(model.device).repeat(n, 1).requires_grad_(True)
+    opt = _optimizer([vectors], cfg)
+    start = 0
+    if state_path is not None and state_path.is_file():
+        state = torch.load(state_path, map_location=model.device, weights_only=True)
+        if tuple(state["vectors"].shape) != tuple(vectors.shape):
+            raise TrainingError(f"{state_path}: TI checkpoint is for another episode; delete it")
+        with torch.no_grad():
+            vectors.copy_(state["vectors"])
+        opt.load_state_dict(state["optimizer"])
+        start = int(state["step"])
+        log.info("resuming textual inversion at step %d/%d", start, cfg.ti_steps)
+    prompt_ids = model.tokenize([template.format(t) for t in tokens])
+    per = cfg.ti_batch_size
+    for step in progress(
+        range(start, cfg.ti_steps),
+        desc="textual inversion",
+        total=cfg.ti_steps - start,
+        disable=None if show_progress is None else not show_progress,
+    ):
+        z0, t, noise = _draw(latents, per, cfg, step)
+        with injected_tokens(model, ids, vectors):
+            cond = model.text_encoder(prompt_ids)[0].float()
+        cond = cond.repeat_interleave(per, 0)
+        losses = diffusion_loss(model, z0, cond, t, noise.to(model.device))
+        loss = losses.view(n, per).mean(1).sum()
+        if not torch.isfinite(loss):
+            raise TrainingError(f"textual inversion diverged at step {step} (loss {loss.item()})")
+        opt.zero_grad(set_to_none=True)
+        (loss * loss_scale(model)).backward()
+        opt.step()
+        done = step + 1
+        if state_path is not None and (done % cfg.ti_checkpoint_every == 0) and done < cfg.ti_steps:
+            _save_state(state_path, vectors, opt, done)
+        if done % max(1, cfg.ti_steps // 10) == 0:
+            log.debug("TI step %d/%d loss per class %.5f", done, cfg.ti_steps, loss.item() / n)
+    return vectors.detach().clone()
+
+
+def _save_state(path: Path, vectors: torch.Tensor, opt: torch.optim.Optimizer, step: int) -> None:
+    state = {"vectors": vectors.detach().cpu(), "optimizer": opt.state_dict(), "step": step}
+    atomic_write(path, lambda p: torch.save(state, p))
+
+
+@torch.no_grad()
+def support_loss(
+    model: DiffusionModel,
+    latents: list[torch.Tensor],
+    template: str,
+    vectors: torch.Tensor,
+    timesteps: list[int],
+    seed: int = 0,
+) -> torch.Tensor:
+    """Mean diffusion loss per class at fixed timesteps and noise (for before/after checks)."""
+    tokens = placeholder_tokens(len(latents))
+    cond = encode_token_prompts(model, template, tokens, vectors)
+    out = []
+    for c, z in enumerate(latents):
+        g = torch_generator(derive_seed(seed, "ti-eval", c))
+        ts = torch.tensor(timesteps).repeat_interleave(len(z))
+        zz = z.repeat(len(timesteps), 1, 1, 1)
+        noise = torch.randn(zz.shape, generator=g).to(zz.device)
+        losses = diffusion_loss(model, zz, cond[c : c + 1].expand(len(zz), -1, -1), ts, noise)
+        out.append(losses.mean())
+    return torch.stack(out)
