@@ -259,3 +259,19 @@ def test_cli_fd_between_folders(tmp_path, capsys):
     assert main([*argv, "--no-effnet"]) == 2
     assert main([*argv, "--inception-weights", str(tmp_path / "missing.pth"), "--no-effnet"]) == 2
     assert "missing.pth" in capsys.readouterr().err
+
+
+def test_small_sample_route_equals_matrix_square_root():
+    """n < D: the n x n eigenproblem gives the same distance as sqrtm of the D x D product."""
+    from tinyshot.evaluation.frechet import frechet_distance_features
+
+    rng = np.random.default_rng(0)
+    fa = rng.normal(size=(30, 64))
+    fb = rng.normal(loc=0.3, scale=1.5, size=(40, 64)) @ rng.normal(size=(64, 64)) / 8
+    ref = frechet_distance(*feature_statistics(fa), *feature_statistics(fb))
+    fast = frechet_distance_features(fa, fb)
+    assert fast == pytest.approx(ref, rel=1e-6)
+    assert frechet_distance_features(fb, fa) == pytest.approx(ref, rel=1e-6)
+    # n >= D falls back to the standard route
+    big = rng.normal(size=(100, 8))
+    assert frechet_distance_features(big, big[::-1]) == pytest.approx(0.0, abs=1e-9)

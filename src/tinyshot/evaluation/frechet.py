@@ -108,6 +108,29 @@ def frechet_distance(
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
 
 
+def frechet_distance_features(fa: np.ndarray, fb: np.ndarray) -> float:
+    """The Frechet distance of the Gaussians fitted to two feature sets (same value as
+    `frechet_distance(*feature_statistics(fa), *feature_statistics(fb))`).
+
+    With fewer images than feature dimensions (300 images, 1280-d features) the D x D matrix
+    square root is replaced by an exact n x n eigenproblem: the non-zero eigenvalues of
+    S1 S2 = X'X Y'Y / ((n-1)(m-1)) are those of the symmetric PSD matrix (XY')(XY')' / ((n-1)(m-1)),
+    with X, Y the centred features. Seconds become milliseconds and no eps offset is needed.
+    """
+    mu1, s1 = feature_statistics(fa)
+    mu2, s2 = feature_statistics(fb)
+    n, m, d = fa.shape[0], fb.shape[0], fa.shape[1]
+    if min(n, m) >= d:
+        return frechet_distance(mu1, s1, mu2, s2)
+    x = np.asarray(fa, np.float64) - mu1
+    y = np.asarray(fb, np.float64) - mu2
+    c = x @ y.T if n <= m else y @ x.T  # the smaller side keeps the eigenproblem small
+    k = (c @ c.T) / ((n - 1) * (m - 1))
+    tr_sqrt = float(np.sqrt(np.clip(np.linalg.eigvalsh((k + k.T) / 2), 0, None)).sum())
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt)
+
+
 def _trace_sqrt_sym(s1: np.ndarray, s2: np.ndarray) -> float:
     w, v = np.linalg.eigh((s1 + s1.T) / 2)
     r = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
@@ -177,7 +200,7 @@ def frechet_between(
             fb.shape[0],
             fa.shape[1],
         )
-    value = frechet_distance(*feature_statistics(fa), *feature_statistics(fb))
+    value = frechet_distance_features(fa, fb)
     return FrechetResult(extractor.metric_name, value, fa.shape[0], fb.shape[0], fa.shape[1])
 
 
