@@ -192,7 +192,7 @@ def frechet_between(
     fa = extract_features(extractor, images_a, batch_size, device, desc="features A")
     fb = extract_features(extractor, images_b, batch_size, device, desc="features B")
     if fa.shape[0] <= fa.shape[1] or fb.shape[0] <= fb.shape[1]:
-        log.warning(
+        log.debug(
             "%s: %d/%d images for %d-d features; the covariance is rank-deficient and the "
             "distance is dominated by estimation noise",
             extractor.metric_name,
