@@ -84,7 +84,7 @@ class PipelineConfig:
     base_images: int = 1500  # base-class images pseudo-labelled per episode
     distill: dict[str, Any] = field(
         default_factory=lambda: {
-            "iterations": 250,  # paper 10000
+            "iterations": 200,  # paper 10000
             "batch_size": 150,
             "lr": 0.02,
             "eval_every": 50,
