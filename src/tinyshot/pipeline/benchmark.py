@@ -51,7 +51,7 @@ import numpy as np
 from tinyshot.data.episodes import Episode
 from tinyshot.errors import ConfigError, DataError
 from tinyshot.utils.io import read_json, write_json
-from tinyshot.utils.logging import LOGGER_NAME, get_logger, progress, setup_logging
+from tinyshot.utils.logging import get_logger, log_to, progress
 from tinyshot.utils.seed import derive_seed
 
 log = get_logger("pipeline.benchmark")
@@ -232,7 +232,7 @@ def _task_environment(task: EpisodeTask) -> Iterator[None]:
     try:
         with (
             torch.random.fork_rng(devices=range(torch.cuda.device_count())),
-            _log_to(Path(task.work_dir)),
+            log_to(Path(task.work_dir)),
         ):
             yield
     finally:
@@ -835,7 +835,7 @@ def run_benchmark(
         )
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    with _log_to(out_dir):
+    with log_to(out_dir):
         return _run(
             eps,
             meta,
@@ -856,21 +856,6 @@ def run_benchmark(
             check=check,
             log_to_driver=log_to_driver,
         )
-
-
-@contextlib.contextmanager
-def _log_to(run_dir: Path) -> Iterator[None]:
-    """Log to run_dir/log.txt for this run only (several runs in one process stay apart)."""
-    logger = logging.getLogger(LOGGER_NAME)
-    before = set(logger.handlers)
-    setup_logging(run_dir)
-    try:
-        yield
-    finally:
-        for h in set(logger.handlers) - before:
-            if isinstance(h, logging.FileHandler):
-                logger.removeHandler(h)
-                h.close()
 
 
 def _run(
