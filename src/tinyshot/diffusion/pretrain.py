@@ -29,6 +29,7 @@ from PIL import Image
 
 from tinyshot.errors import ConfigError, DataError, ModelError, TrainingError
 from tinyshot.utils.checkpoint import load_checkpoint, restore, save_checkpoint
+from tinyshot.utils.device import resolve_device
 from tinyshot.utils.io import atomic_write, write_json
 from tinyshot.utils.logging import get_logger, progress, setup_logging
 from tinyshot.utils.seed import derive_seed, seed_everything, torch_generator
@@ -365,13 +366,16 @@ def train_generator(
     resume: bool = False,
     command: str | None = None,
     stop_after: int | None = None,
+    device: str | torch.device | None = None,
     log_every: int = 50,
 ) -> dict[str, Any]:
     """Train UNet + text encoder on (images, captions); writes out_dir/model (the model folder).
 
     out_dir also holds checkpoint.pt (every cfg.checkpoint_every steps, atomic) and log.txt; a
     killed run continues bit-exactly with resume=True. `stop_after` ends the run early (as if
-    killed) after that many total steps, for tests. Returns the training summary.
+    killed) after that many total steps, for tests. `device` defaults to CUDA when available;
+    all random draws come from CPU generators, so batches and noise do not depend on it.
+    Returns the training summary.
     """
     from tinyshot.diffusion.tokenizer import load_clip_tokenizer
 
@@ -393,7 +397,8 @@ def train_generator(
 
     seed_everything(cfg.seed)
     tokenizer = load_clip_tokenizer(model_max_length=cfg.max_length)
-    models = _Models(cfg, tokenizer)
+    dev = resolve_device(device)
+    models = _Models(cfg, tokenizer).to(dev)
     scheduler = build_scheduler(cfg)
     caption_set = sorted(set(data.captions))
     caption_index = {c: i for i, c in enumerate(caption_set)}
@@ -452,15 +457,17 @@ def train_generator(
     bar = progress(range(step, end), desc="pretrain-generator", total=end, initial=step)
     for s in bar:
         idx = torch.from_numpy(_batch_indices(s, cfg.batch_size, len(data), cfg.seed, perm_cache))
-        x = x_all[idx].float().div_(127.5).sub_(1.0)
+        x = x_all[idx].to(dev).float().div_(127.5).sub_(1.0)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         ids = caption_ids[cap_idx[idx]]
         drop = torch.rand(len(idx), generator=gen) < cfg.caption_dropout
         ids = torch.where(drop[:, None], empty_ids, ids)
-        noise = torch.randn(x.shape, generator=gen)
+        # all random draws on the CPU generator: same stream on any device
+        noise = torch.randn(x.shape, generator=gen).to(dev)
         t = torch.randint(0, cfg.num_train_timesteps, (len(idx),), generator=gen)
-        a = alphas[t].view(-1, 1, 1, 1)
+        a = alphas[t].view(-1, 1, 1, 1).to(dev)
+        t, ids = t.to(dev), ids.to(dev)
         noisy = a.sqrt() * x + (1 - a).sqrt() * noise  # = scheduler.add_noise, in fp32
         enc = models.text_encoder(ids).last_hidden_state
         pred = models.unet(noisy, t, encoder_hidden_states=enc).sample
@@ -512,6 +519,7 @@ def train_generator(
         "config": cfg.to_dict(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "device": str(dev),
     }
     if step < cfg.steps:
         log.info("stopped at step %d/%d; rerun with --resume to continue", step, cfg.steps)
@@ -640,11 +648,12 @@ def sample(
     unet, text, tokenizer, scheduler, info = models or load_generator(model_dir)
     size = int(info.get("image_size", unet.config.sample_size))
     max_len = tokenizer.model_max_length
+    dev = unet.device
     prompts = [c for c in captions for _ in range(n_per_caption)]
-    cond = text(tokenize(tokenizer, prompts, max_len)).last_hidden_state
-    uncond = text(tokenize(tokenizer, [""], max_len)).last_hidden_state.expand_as(cond)
+    cond = text(tokenize(tokenizer, prompts, max_len).to(dev)).last_hidden_state
+    uncond = text(tokenize(tokenizer, [""], max_len).to(dev)).last_hidden_state.expand_as(cond)
     g = torch_generator(seed)
-    x = torch.randn((len(prompts), unet.config.in_channels, size, size), generator=g)
+    x = torch.randn((len(prompts), unet.config.in_channels, size, size), generator=g).to(dev)
     scheduler.set_timesteps(steps)
     x = x * scheduler.init_noise_sigma
     emb = torch.cat([uncond, cond])
@@ -652,7 +661,7 @@ def sample(
         eps_u, eps_c = unet(torch.cat([x, x]), t, encoder_hidden_states=emb).sample.chunk(2)
         eps = eps_u + guidance * (eps_c - eps_u)
         x = scheduler.step(eps, t, x).prev_sample
-    return (x.clamp(-1, 1) + 1) / 2
+    return ((x.clamp(-1, 1) + 1) / 2).cpu()
 
 
 @torch.no_grad()

@@ -29,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=d.seed, help=f"seed (default {d.seed})")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--root", default=None, help="dataset folder (default: the Debian package's)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--grid", action="store_true",
                    help="also write OUT/grid.png (class captions + generic caption, 8 samples each)")  # fmt: skip
@@ -55,7 +56,9 @@ def _run(args: argparse.Namespace) -> int:
     cfg = PretrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed)
     data = RECIPES[args.dataset](image_size=cfg.image_size, seed=args.seed, root=args.root)
     command = "tinyshot " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    summary = train_generator(data, args.out, cfg, resume=args.resume, command=command)
+    summary = train_generator(
+        data, args.out, cfg, resume=args.resume, command=command, device=args.device
+    )
     if summary["steps_done"] < cfg.steps:
         return 1
     from pathlib import Path
