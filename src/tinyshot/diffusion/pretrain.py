@@ -640,7 +640,7 @@ def sample(
     captions: Sequence[str],
     n_per_caption: int = 8,
     steps: int = 50,
-    guidance: float = 4.0,
+    guidance: float = 2.0,
     seed: int = 0,
     models: tuple | None = None,
 ) -> torch.Tensor:
@@ -705,7 +705,7 @@ def sample_grid(
     captions: Sequence[str],
     n_per_caption: int = 8,
     steps: int = 50,
-    guidance: float = 4.0,
+    guidance: float = 2.0,
     seed: int = 0,
 ) -> Image.Image:
     """One row per caption, n_per_caption samples each (DDIM, CFG)."""

@@ -70,7 +70,7 @@ def _run(args: argparse.Namespace) -> int:
         f"loss {summary['loss_first_100']:.4f} -> {summary['loss_last_100']:.4f}"
     )
     if args.grid:
-        grid = sample_grid(model_dir, default_grid_captions(model_dir), 8, 50, 4.0,
+        grid = sample_grid(model_dir, default_grid_captions(model_dir), 8, 50, 2.0,
                            derive_seed(args.seed, "grid"))  # fmt: skip
         print(f"sample grid: {save_grid(grid, Path(args.out) / 'grid.png')}")
     return 0
