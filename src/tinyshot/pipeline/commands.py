@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tinyshot.errors import ConfigError
+from tinyshot.utils.io import read_config_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -81,9 +82,9 @@ def _register_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from tinyshot.pipeline.demo import DemoConfig, load_config_file, run_demo
+    from tinyshot.pipeline.demo import DemoConfig, run_demo
 
-    raw = load_config_file(args.config) if args.config else {}
+    raw = read_config_file(args.config) if args.config else {}
     pipe = _pipeline_overrides(args, raw.pop("pipeline", {}))
     if args.methods:
         pipe["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -123,11 +124,10 @@ def _register_fit(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from tinyshot.pipeline.demo import load_config_file
     from tinyshot.pipeline.episode import PipelineConfig
     from tinyshot.pipeline.fit import fit
 
-    raw = load_config_file(args.config) if args.config else {}
+    raw = read_config_file(args.config) if args.config else {}
     pipe = _pipeline_overrides(args, raw)
     pipe["methods"] = [args.method]
     summary = fit(
@@ -215,7 +215,7 @@ def _register_benchmark(sub: argparse._SubParsersAction) -> None:
 
 def load_methods_file(path: str | Path) -> dict[str, dict[str, Any]]:
     """{"methods": {name: config}} or {name: config}, from JSON or TOML."""
-    data = _read_config(Path(path))
+    data = read_config_file(path, "--method")
     methods = data.get("methods", data) if isinstance(data, dict) else None
     if not isinstance(methods, dict) or not methods:
         raise ConfigError(f"{path}: expected a table of methods, name -> config")
@@ -223,23 +223,6 @@ def load_methods_file(path: str | Path) -> dict[str, dict[str, Any]]:
         if not isinstance(cfg, dict):
             raise ConfigError(f"{path}: method {name!r}: config must be a table/object")
     return {str(k): dict(v) for k, v in methods.items()}
-
-
-def _read_config(path: Path) -> Any:
-    if not path.is_file():
-        raise ConfigError(f"--method: config file {path} not found")
-    text = path.read_text()
-    if path.suffix.lower() == ".toml":
-        import tomllib
-
-        try:
-            return tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: invalid TOML ({e})") from e
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: invalid JSON ({e})") from e
 
 
 def parse_methods(items: list[str]) -> dict[str, dict[str, Any]] | None:
@@ -270,7 +253,7 @@ def parse_methods(items: list[str]) -> dict[str, dict[str, Any]] | None:
             except json.JSONDecodeError as e:
                 raise ConfigError(f"--method {item!r}: invalid inline JSON ({e})") from e
         else:
-            add(name, _read_config(Path(value)), item)
+            add(name, read_config_file(value, "--method"), item)
     return methods or None
 
 

@@ -16,7 +16,6 @@ Every episode goes through `run_pipeline_episode` with all methods; the run fold
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -67,25 +66,6 @@ class DemoConfig:
         d = dict(d)
         pipe = PipelineConfig.from_dict(d.pop("pipeline", {}))
         return cls(**d, pipeline=pipe)
-
-
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    """JSON or TOML config file -> dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"--config {path}: file not found")
-    text = path.read_text()
-    if path.suffix == ".toml":
-        import tomllib
-
-        try:
-            return tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"--config {path}: invalid TOML ({e})") from e
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"--config {path}: invalid JSON ({e})") from e
 
 
 def demo_datasets():

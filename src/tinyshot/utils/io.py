@@ -57,3 +57,24 @@ def _default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_config_file(path: str | Path, option: str = "--config") -> Any:
+    """A JSON or TOML (by suffix) config file; errors name the option and the file."""
+    from tinyshot.errors import ConfigError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{option} {path}: file not found")
+    text = path.read_text()
+    if path.suffix.lower() == ".toml":
+        import tomllib
+
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{option} {path}: invalid TOML ({e})") from e
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{option} {path}: invalid JSON ({e})") from e
