@@ -183,3 +183,21 @@ def test_fit_refuses_bad_input_with_clear_errors(tiny_generator, tmp_path, capsy
     assert "b.png" in err and "Traceback" not in err
     assert main(["fit", str(data), "--out", str(tmp_path / "r2"), "--alpha", "1.5"]) == 2
     assert "alpha" in capsys.readouterr().err
+
+
+def test_demo_paired_differences_are_per_episode_tint_minus_other():
+    from tinyshot.pipeline.demo import format_table, paired_vs_tint, summarize
+
+    eps = [
+        {"tint": {"accuracy": 0.80, "queries": 100}, "ti": {"accuracy": 0.75, "queries": 100}},
+        {"tint": {"accuracy": 0.90, "queries": 100}, "ti": {"accuracy": 0.87, "queries": 100}},
+        {"tint": {"accuracy": 0.70, "queries": 100}, "ti": {"accuracy": 0.66, "queries": 100}},
+    ]
+    (d,) = paired_vs_tint(eps, ["ti", "tint"])
+    assert (d["a"], d["b"], d["episodes"]) == ("tint", "ti", 3)
+    assert d["mean_difference"] == pytest.approx(0.04)
+    # t(2, 0.975) = 4.3027; differences 0.05, 0.03, 0.04 -> sd 0.01
+    assert d["half_width"] == pytest.approx(4.302653 * 0.01 / 3**0.5, rel=1e-5)
+    table = format_table(summarize(eps, ["ti", "tint"]), None, [d])
+    assert "tint - ti" in table and "+4.00 +-  2.48" in table
+    assert paired_vs_tint(eps, ["ti"]) == []

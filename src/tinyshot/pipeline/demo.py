@@ -132,13 +132,36 @@ def summarize(per_episode: list[dict[str, dict[str, Any]]], methods: list[str]) 
     return out
 
 
-def format_table(summary: dict[str, Any], fd: dict[str, Any] | None = None) -> str:
+def paired_vs_tint(per_episode: list[dict[str, dict[str, Any]]], methods: list[str]) -> list[dict]:
+    """TINT minus each other method on the same episodes: pairing removes the episode-difficulty
+    spread, so these intervals are much tighter than the per-method ones."""
+    from tinyshot.pipeline.benchmark import paired_differences
+
+    if "tint" not in methods:
+        return []
+    rows = [{"methods": ep} for ep in per_episode]
+    return [
+        d
+        for d in paired_differences(rows, ["tint", *(m for m in methods if m != "tint")])
+        if d["a"] == "tint"
+    ]
+
+
+def format_table(
+    summary: dict[str, Any], fd: dict[str, Any] | None = None, paired: list[dict] | None = None
+) -> str:
     lines = [f"{'method':<48} {'accuracy (%)':>20} {'episodes':>9}"]
     for m, s in summary.items():
         ci = "n/a" if s["ci95"] != s["ci95"] else f"{100 * s['ci95']:.2f}"
         lines.append(
             f"{METHOD_LABELS.get(m, m):<48} {100 * s['mean']:>12.2f} +- {ci:>5} {s['episodes']:>9}"
         )
+    if paired:
+        lines.append("")
+        lines.append("paired differences on the same episodes (accuracy points, 95% t-interval)")
+        for d in paired:
+            hw = "n/a" if d["half_width"] is None else f"{100 * d['half_width']:.2f}"
+            lines.append(f"  tint - {d['b']:<14} {100 * d['mean_difference']:+7.2f} +- {hw:>5}")
     if fd:
         lines.append("")
         lines.append(f"Frechet distance to real test images ({fd['metric']}, lower is better)")
@@ -224,6 +247,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> dict[str,
         )
     methods = [m for m in METHODS if m in config.pipeline.methods]
     summary = summarize(per_episode, methods)
+    paired = paired_vs_tint(per_episode, methods)
     generators = [g for g in GENERATORS if g in config.pipeline.methods]
     fd = None
     if generators and config.fd_images > 0:
@@ -241,12 +265,13 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> dict[str,
         "config": config.to_dict(),
         "generator": resolve_generator(config.pipeline.generator),
         "summary": summary,
+        "paired": paired,
         "per_episode": per_episode,
         "frechet": fd,
         "wall_seconds": time.perf_counter() - t_start,
     }
     write_json(out / "results.json", results)
-    table = format_table(summary, fd)
+    table = format_table(summary, fd, paired)
     (out / "summary.txt").write_text(table + "\n")
     build_demo_report(out, results, episodes, support_ds, query_ds, config)
     print(table)

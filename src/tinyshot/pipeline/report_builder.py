@@ -33,7 +33,9 @@ def _synthetic_rows(
         report.images(f"{g} generated", imgs)
 
 
-def _alpha_rows(report: Report, episode_dir: Path, generator: str, class_names: list[str]) -> None:
+def _alpha_rows(
+    report: Report, episode_dir: Path, generator: str, class_names: list[str], used: float
+) -> None:
     """The alpha sweep: one support image per class, alpha 0 (reconstruction) .. 1 (new sample)."""
     from tinyshot.diffusion.artifacts import load_artifacts
     from tinyshot.diffusion.generate import alpha_sweep
@@ -49,7 +51,7 @@ def _alpha_rows(report: Report, episode_dir: Path, generator: str, class_names: 
     report.paragraph(
         "Each row starts from one support image's inverted noise z_T and blends in fresh noise: "
         f"alpha = {', '.join(map(str, ALPHAS))}. alpha = 0 reconstructs the support image "
-        "(null-text inversion); alpha = 1 (used for training) gives new samples.",
+        f"(null-text inversion); alpha = 1 gives new samples. Training used alpha = {used}.",
         note=True,
     )
     for c, name in enumerate(class_names):
@@ -133,7 +135,7 @@ def build_demo_report(
         _synthetic_rows(report, ep_dir, c, generators)
     if "tint" in generators:
         try:
-            _alpha_rows(report, ep_dir, pipe.generator, ep.classes)
+            _alpha_rows(report, ep_dir, pipe.generator, ep.classes, pipe.alpha)
         except Exception as e:
             log.warning("report: alpha sweep failed (%s)", e)
     report.heading("Configuration")
@@ -191,7 +193,7 @@ def build_fit_report(out: Path, summary: dict[str, Any], data: Any, config: Any)
         _synthetic_rows(report, out, c, generators)
     if "tint" in generators:
         try:
-            _alpha_rows(report, out, config.generator, data.class_names)
+            _alpha_rows(report, out, config.generator, data.class_names, config.alpha)
         except Exception as e:
             log.warning("report: alpha sweep failed (%s)", e)
     report.heading("Configuration")
