@@ -166,3 +166,22 @@ def test_plan_eval_cli(capsys):
     assert "error: --sigma 0.4 is impossible" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # exactly one goal is required
         main(base)
+
+
+def test_t_planner_is_wider_than_normal_and_meets_its_target():
+    from scipy.stats import t
+
+    from tinyshot.evaluation.stats import (
+        episodes_for_t_halfwidth,
+        t_halfwidth_for,
+        theorem1_variance,
+    )
+
+    a, s, q = 0.86, 0.0344, 5000
+    # closed form: t(7, 0.975) * sqrt(Var_1 / 8)
+    want = t.ppf(0.975, 7) * (theorem1_variance(a, s, q, 8)) ** 0.5
+    assert t_halfwidth_for(a, s, q, 8) == pytest.approx(want, rel=1e-12)
+    assert t_halfwidth_for(a, s, q, 8) == pytest.approx(0.0290, abs=5e-5)
+    p = episodes_for_t_halfwidth(a, s, q, 0.025)
+    assert p == 10  # the normal approximation says 8
+    assert t_halfwidth_for(a, s, q, p) <= 0.025 < t_halfwidth_for(a, s, q, p - 1)

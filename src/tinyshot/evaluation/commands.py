@@ -58,11 +58,15 @@ def plan(
             assert target_halfwidth is not None
             exact = stats.episodes_for_halfwidth(acc, sigma, queries, target_halfwidth, confidence)
             out["target_halfwidth"] = target_halfwidth
+            out["episodes_t"] = stats.episodes_for_t_halfwidth(
+                acc, sigma, queries, target_halfwidth, confidence
+            )
         out["episodes_exact"] = exact
         episodes = stats.ceil_episodes(exact)
     out["episodes"] = episodes
     out["variance"] = stats.theorem1_variance(acc, sigma, queries, episodes)
     out["halfwidth"] = stats.halfwidth_for(acc, sigma, queries, episodes, confidence)
+    out["halfwidth_t"] = stats.t_halfwidth_for(acc, sigma, queries, episodes, confidence)
     return out
 
 
@@ -93,6 +97,9 @@ def cmd_plan_eval(args: argparse.Namespace) -> int:
         print(f"episodes for {goal}: {r['episodes_exact']:.1f} -> {r['episodes']}")
     print(
         f"with {r['episodes']} episodes: Var {r['variance']:.3g}, "
-        f"{100 * r['confidence']:g}% CI about +-{100 * r['halfwidth']:.2f} points"
+        f"{100 * r['confidence']:g}% CI about +-{100 * r['halfwidth']:.2f} points (normal), "
+        f"+-{100 * r['halfwidth_t']:.2f} (Student-t over the episodes, as reported)"
     )
+    if "episodes_t" in r:
+        print(f"episodes for that half-width with the Student-t interval: {r['episodes_t']}")
     return 0

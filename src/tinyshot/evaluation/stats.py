@@ -82,6 +82,30 @@ def halfwidth_for(
     return _z(confidence) * math.sqrt(theorem1_variance(acc, sigma, queries, episodes))
 
 
+def t_halfwidth_for(
+    acc: float, sigma: float, queries: float, episodes: int, confidence: float = 0.95
+) -> float:
+    """Expected half-width of the Student-t interval that reports compute from P episodes;
+    wider than the normal one for small P (t(7) = 2.36 against 1.96)."""
+    from scipy.stats import t
+
+    if episodes < 2:
+        return math.inf
+    _z(confidence)  # validates confidence
+    q = float(t.ppf(0.5 + confidence / 2, episodes - 1))
+    return q * math.sqrt(theorem1_variance(acc, sigma, queries, episodes))
+
+
+def episodes_for_t_halfwidth(
+    acc: float, sigma: float, queries: float, halfwidth: float, confidence: float = 0.95
+) -> int:
+    """Smallest P whose expected Student-t half-width is <= halfwidth."""
+    p = max(2, ceil_episodes(episodes_for_halfwidth(acc, sigma, queries, halfwidth, confidence)))
+    while t_halfwidth_for(acc, sigma, queries, p, confidence) > halfwidth:
+        p += 1
+    return p
+
+
 def ceil_episodes(p: float) -> int:
     """Round a planned episode count up, ignoring float noise (121.0000000001 -> 121)."""
     return max(1, math.ceil(round(p, 9)))
