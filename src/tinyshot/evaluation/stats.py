@@ -58,11 +58,15 @@ def episodes_for_variance(acc: float, sigma: float, queries: float, target_var: 
     return episode_variance(acc, sigma, queries) / target_var
 
 
+def _check_confidence(confidence: float) -> None:
+    if not 0 < confidence < 1:
+        raise ConfigError(f"--confidence must lie in (0, 1), got {confidence}")
+
+
 def _z(confidence: float) -> float:
     from scipy.stats import norm
 
-    if not 0 < confidence < 1:
-        raise ConfigError(f"--confidence must lie in (0, 1), got {confidence}")
+    _check_confidence(confidence)
     return float(norm.ppf(0.5 + confidence / 2))
 
 
@@ -91,7 +95,7 @@ def t_halfwidth_for(
 
     if episodes < 2:
         return math.inf
-    _z(confidence)  # validates confidence
+    _check_confidence(confidence)
     q = float(t.ppf(0.5 + confidence / 2, episodes - 1))
     return q * math.sqrt(theorem1_variance(acc, sigma, queries, episodes))
 

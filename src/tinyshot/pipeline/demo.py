@@ -140,11 +140,7 @@ def paired_vs_tint(per_episode: list[dict[str, dict[str, Any]]], methods: list[s
     if "tint" not in methods:
         return []
     rows = [{"methods": ep} for ep in per_episode]
-    return [
-        d
-        for d in paired_differences(rows, ["tint", *(m for m in methods if m != "tint")])
-        if d["a"] == "tint"
-    ]
+    return [d for m in methods if m != "tint" for d in paired_differences(rows, ["tint", m])]
 
 
 def format_table(
