@@ -17,7 +17,9 @@ from tinyshot.pipeline.episode import (
     METHODS,
     PipelineConfig,
     pipeline_config_from_methods,
+    resolve_generator,
     run_pipeline_episode,
+    task_pipeline_config,
 )
 
 
@@ -111,6 +113,50 @@ def test_method_configs_merge_and_conflict():
         pipeline_config_from_methods({"magic": {}})
     with pytest.raises(ConfigError, match="unknown config key"):
         PipelineConfig.from_dict({"alpah": 1.0})
+
+
+def test_benchmark_picks_the_dataset_generator_unless_a_method_names_one():
+    assert task_pipeline_config({"tint": {}}, "glyphs").generator == "glyphs"
+    assert task_pipeline_config({"tint": {}}, "fashion-mnist").generator == "fashion-mnist"
+    assert task_pipeline_config({"tint": {}}, "imagefolder").generator == "fashion-mnist"
+    named = {"tint": {"generator": "/models/sd15"}, "teacher": {}}
+    assert task_pipeline_config(named, "glyphs").generator == "/models/sd15"
+    assert resolve_generator("glyphs").endswith("assets/generators/glyphs")
+    assert resolve_generator("runwayml/stable-diffusion-v1-5") == "runwayml/stable-diffusion-v1-5"
+
+
+def test_concurrent_episodes_pretrain_the_student_once(fmnist, tmp_path, monkeypatch):
+    """Two workers that need the same uncached backbone: one pretrains, the other waits for it."""
+    import threading
+    import time
+
+    import tinyshot.distill.pretrain_student as ps
+    from tinyshot.pipeline import episode
+
+    monkeypatch.setenv("TINYSHOT_CACHE", str(tmp_path))
+    monkeypatch.setattr(episode, "read_pretrain_done", lambda path: True)
+    calls: list[int] = []
+
+    def fake_pretrain(arch, ds, cfg, out):
+        calls.append(1)
+        time.sleep(0.3)  # long enough for the other thread to reach the lock
+        path = ps.checkpoint_path(arch, ds, cfg, out)
+        path.write_bytes(b"done")
+
+    monkeypatch.setattr(ps, "pretrain_student", fake_pretrain)
+    cfg = tiny_config("unused", methods=("support+base",))
+    base = fmnist[2]
+    paths: list[Path | None] = []
+    threads = [
+        threading.Thread(target=lambda: paths.append(episode.pretrained_student_path(base, cfg)))
+        for _ in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(paths) == 2 and paths[0] == paths[1]
+    assert paths[0] is not None and paths[0].read_bytes() == b"done"
 
 
 def _write_imagefolder(root: Path, ds, classes: list[int], k: int) -> None:

@@ -609,9 +609,16 @@ def folder_size_mb(folder: str | Path) -> float:
 # ----------------------------------------------------------------------------- loading / sampling
 
 
-def default_generator_path() -> Path:
-    """The shipped Fashion-MNIST generator (package data), so demos need no retraining."""
-    return Path(__file__).resolve().parent.parent / "assets" / "generators" / "fashion-mnist"
+SHIPPED_GENERATORS = ("fashion-mnist", "glyphs")
+
+
+def default_generator_path(name: str = "fashion-mnist") -> Path:
+    """A shipped generator (package data) by dataset name, so demos and benchmarks need no
+    retraining: `fashion-mnist` (base classes + unlabelled novel images) or `glyphs`
+    (background scripts only)."""
+    if name not in SHIPPED_GENERATORS:
+        raise ConfigError(f"no shipped generator {name!r}; shipped: {list(SHIPPED_GENERATORS)}")
+    return Path(__file__).resolve().parent.parent / "assets" / "generators" / name
 
 
 def load_generator(model_dir: str | Path | None = None, dtype: torch.dtype = torch.float32):

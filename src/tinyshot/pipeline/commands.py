@@ -26,7 +26,7 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--config", help="JSON or TOML file with pipeline settings (docs/pipeline.md)")
     g.add_argument(
         "--generator",
-        help="'fashion-mnist' (shipped offline model), a Stable Diffusion 1.x folder or hub id",
+        help="'fashion-mnist' or 'glyphs' (shipped offline models), an SD 1.x folder or hub id",
     )
     g.add_argument("--teacher", help="'efficientnet-lite0' (offline), a DINO ViT folder or hub id")
     g.add_argument("--student", choices=["conv4", "resnet12"], help="student architecture")

@@ -40,7 +40,6 @@ log = get_logger("pipeline.episode")
 GENERATORS = ("ti", "dafusion", "tint")
 STUDENT_METHODS = ("support-only", "support+base", *GENERATORS)
 METHODS = ("teacher", *STUDENT_METHODS)
-BUILTIN_GENERATORS = {"fashion-mnist"}
 # Base-class pretrained students shipped for the demo (same file names as the cache's keys).
 SHIPPED_STUDENTS = Path(__file__).resolve().parent.parent / "assets" / "students"
 
@@ -54,7 +53,8 @@ class PipelineConfig:
     """
 
     methods: tuple[str, ...] = METHODS
-    # Generator: "fashion-mnist" (the shipped offline model), a local folder or a hub id.
+    # Generator: a shipped offline model ("fashion-mnist", "glyphs"), a local folder or a hub id.
+    # The benchmark runner picks the shipped one of the episode's dataset unless a method sets it.
     generator: str = "fashion-mnist"
     specialize: dict[str, Any] = field(
         default_factory=lambda: {
@@ -130,12 +130,10 @@ class PipelineConfig:
 
 
 def resolve_generator(name: str) -> str:
-    """Builtin generator names map to the model folder shipped with the package."""
-    if name in BUILTIN_GENERATORS:
-        from tinyshot.diffusion.pretrain import default_generator_path
+    """Shipped generator names map to the model folder shipped with the package."""
+    from tinyshot.diffusion.pretrain import SHIPPED_GENERATORS, default_generator_path
 
-        return str(default_generator_path())
-    return name
+    return str(default_generator_path(name)) if name in SHIPPED_GENERATORS else name
 
 
 @dataclass
@@ -272,14 +270,19 @@ def pretrained_student_path(base_ds: FewShotDataset | None, config: PipelineConf
     if not path.is_file() and shipped.is_file():
         log.info("using the shipped pretrained %s backbone %s", config.student, shipped.name)
         return shipped
-    if not path.is_file() or not read_pretrain_done(path):
-        log.info(
-            "pretraining %s on %s/%s (cached for later episodes)",
-            config.student,
-            base_ds.name,
-            base_ds.split,
-        )
-        pretrain_student(config.student, base_ds, pcfg, out)
+    from filelock import FileLock
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Concurrent episodes (Ray workers sharing the cache) pretrain once; the others wait.
+    with FileLock(f"{path}.lock"):
+        if not path.is_file() or not read_pretrain_done(path):
+            log.info(
+                "pretraining %s on %s/%s (cached for later episodes)",
+                config.student,
+                base_ds.name,
+                base_ds.split,
+            )
+            pretrain_student(config.student, base_ds, pcfg, out)
     return path
 
 
@@ -477,9 +480,22 @@ def _base_dataset(meta: dict[str, Any]) -> FewShotDataset | None:
     return load_dataset(name, info.base_split, root=ds.get("root"), **(ds.get("options") or {}))
 
 
+def task_pipeline_config(methods: dict[str, dict[str, Any]], dataset: str | None) -> PipelineConfig:
+    """The pipeline of a benchmark task: unless a method names a generator, a dataset with a
+    shipped generator gets it (glyph episodes must not be drawn by the Fashion-MNIST model)."""
+    from tinyshot.diffusion.pretrain import SHIPPED_GENERATORS
+
+    config = pipeline_config_from_methods(methods)
+    if dataset in SHIPPED_GENERATORS and not any(
+        "generator" in (c or {}) for c in methods.values()
+    ):
+        config.generator = dataset
+    return config
+
+
 def run_episode(task: Any) -> dict[str, dict[str, Any]]:
     """The benchmark runner's default episode function (see pipeline.benchmark.EpisodeTask)."""
-    config = pipeline_config_from_methods(task.methods)
+    config = task_pipeline_config(task.methods, (task.meta.get("dataset") or {}).get("name"))
     config.device = getattr(task, "device", "auto") or "auto"
     support_ds, query_ds = task.datasets()
     base_ds = _base_dataset(task.meta)
