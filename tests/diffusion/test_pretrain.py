@@ -236,6 +236,7 @@ def test_shipped_glyphs_generator_denoises_unseen_scripts():
         pytest.skip("shipped generator weights not present")
     assert folder_size_mb(d) <= 20.0
     from tinyshot.data.glyphs import load_glyphs
+    from tinyshot.diffusion.glyph_recipe import generator_images
     from tinyshot.diffusion.pretrain import GENERIC_CAPTION
 
     models = load_generator(d)
@@ -243,9 +244,7 @@ def test_shipped_glyphs_generator_denoises_unseen_scripts():
     assert info["data"]["split"] == "background" and info["pixel_space"]
     ev = load_glyphs("evaluation")
     assert not set(info["data"]["scripts"]) & {c.split("/")[0] for c in ev.class_names}
-    images = (
-        ev.images[..., :3].mean(-1).round().astype(np.uint8) if ev.images.ndim == 4 else ev.images
-    )
+    images = generator_images(ev.images)
     data = CaptionedImages(images, [GENERIC_CAPTION] * len(images), "glyphs-evaluation")
     assert eval_loss(d, data, n=64, models=models) < 0.05
 

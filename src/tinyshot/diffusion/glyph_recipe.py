@@ -29,6 +29,15 @@ def script_word(script: str) -> str:
     return f"{words} letter"
 
 
+def generator_images(images: np.ndarray, image_size: int = 32) -> np.ndarray:
+    """Glyph images as the generator sees them: grey uint8, padded with white (not black)."""
+    if images.ndim == 4:
+        images = images[..., :3].mean(axis=-1).round().astype(np.uint8)
+    if images.shape[1] < image_size:
+        images = 255 - pad_to(255 - images, image_size)
+    return images
+
+
 def glyphs_recipe(
     image_size: int = 32,
     generic_fraction: float = 0.2,
@@ -48,11 +57,7 @@ def glyphs_recipe(
         order = np.random.default_rng(derive_seed(seed, "glyphs-limit")).permutation(len(labels))
         keep = np.sort(order[:limit])
         images, labels = images[keep], labels[keep]
-    if images.ndim == 4:
-        images = images[..., :3].mean(axis=-1).round().astype(np.uint8)
-    if images.shape[1] < image_size:
-        # pad with the background colour (white), not black
-        images = 255 - pad_to(255 - images, image_size)
+    images = generator_images(images, image_size)
     scripts = [name.split("/")[0] for name in ds.class_names]
     rng = np.random.default_rng(derive_seed(seed, "glyphs-generic"))
     generic = rng.random(len(labels)) < generic_fraction
