@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tinyshot.errors import ConfigError
+from tinyshot.presets import PRESET_HELP, PRESETS, merge_config, preset
 from tinyshot.utils.io import read_config_file
 
 
@@ -23,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("pipeline (defaults: the CPU-sized offline configuration)")
+    g.add_argument("--preset", choices=sorted(PRESETS), help=PRESET_HELP)
     g.add_argument("--config", help="JSON or TOML file with pipeline settings (docs/pipeline.md)")
     g.add_argument(
         "--generator",
@@ -39,7 +41,7 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
 
 
 def _pipeline_overrides(args: argparse.Namespace, file_config: dict[str, Any]) -> dict[str, Any]:
-    d = dict(file_config)
+    d = merge_config(preset(getattr(args, "preset", None)), file_config)
     flat = {
         "generator": args.generator,
         "teacher": args.teacher,
@@ -201,6 +203,12 @@ def _register_benchmark(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--episode-fn", default=DEFAULT_EPISODE_FN, help="package.module:function")
     r.add_argument("--device", default="auto", help="device inside each episode (auto, cpu, cuda)")
     r.add_argument("--seed", type=int, default=0, help="sampling seed and per-episode seeds")
+    r.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="pipeline settings for every method, under each method's own config: "
+        + PRESET_HELP.split(": ", 1)[1],
+    )
     r.add_argument("--no-check", action="store_true", help="skip checking item ids up front")
     s = p.add_argument_group("statistics")
     s.add_argument(
@@ -262,6 +270,13 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from tinyshot.pipeline.benchmark import prepare_episodes, run_benchmark
 
     methods = parse_methods(args.method)
+    if args.preset:
+        from tinyshot.pipeline.benchmark import default_methods
+
+        methods = methods or default_methods(args.episode_fn)
+        if not methods:
+            raise ConfigError(f"--preset: give --method ({args.episode_fn} has no default methods)")
+        methods = {m: merge_config(preset(args.preset), cfg) for m, cfg in methods.items()}
     out = Path(args.out)
     limit = None
     if args.episodes.strip().isdigit():

@@ -31,6 +31,7 @@ from tinyshot.data.base import FewShotDataset
 from tinyshot.data.episodes import Episode
 from tinyshot.data.transforms import images_to_tensor
 from tinyshot.errors import ConfigError
+from tinyshot.utils.device import resolve_device
 from tinyshot.utils.io import read_json, write_json
 from tinyshot.utils.logging import get_logger
 from tinyshot.utils.seed import derive_seed
@@ -251,7 +252,7 @@ def build_episode_teacher(data: EpisodeData, config: PipelineConfig):
     with torch.random.fork_rng(devices=[]):  # a randomly initialised part is seeded too
         torch.manual_seed(derive_seed("teacher", config.teacher) % 2**63)
         teacher = build_teacher(config.teacher, checkpoint=config.teacher_checkpoint, **kw)
-    teacher.eval()
+    teacher.eval().to(resolve_device(None if config.device == "auto" else config.device))
     teacher.set_support(data.support.float() / 255.0, data.support_labels)
     return teacher
 
