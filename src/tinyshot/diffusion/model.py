@@ -40,6 +40,12 @@ SD15_SCHEDULER = {
 }
 SUPPORTED_PREDICTION = ("epsilon",)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+EXPECTED_LAYOUT = (
+    "expected a diffusers Stable Diffusion 1.x folder with unet/, text_encoder/, tokenizer/, "
+    "scheduler/ and vae/ (model_index.json; safety_checker/ and feature_extractor/ are "
+    "ignored), or a single-file .safetensors/.ckpt checkpoint"
+)
 
 
 @dataclass
@@ -299,20 +305,26 @@ def load_diffusion_model(
     path_or_hub_id: str | Path,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    single_file_config: str | Path | None = None,
 ) -> DiffusionModel:
-    """Load a diffusers-layout SD 1.x model from a folder, or from the hub by id.
+    """Load an SD 1.x model: a diffusers folder, a single-file .safetensors/.ckpt checkpoint,
+    or a hub id.
 
-    fp32 on CPU by default, fp16 on GPU; `vae/` is optional (pixel-space model).
+    fp32 on CPU by default, fp16 on GPU; `vae/` is optional (pixel-space model). A single
+    file takes its component configs from `single_file_config` (a diffusers folder; default
+    SD 1.5's, so no hub access is needed).
     """
     dev = resolve_device(device if device is None or isinstance(device, str) else str(device))
     dt = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, dev)
     src = str(path_or_hub_id)
     path = Path(src).expanduser()
+    if path.is_file() and path.suffix.lower() in SINGLE_FILE_SUFFIXES:
+        return _load_single_file(path, dev, dt, single_file_config)
     if path.exists():
         return _load_local(path, dev, dt)
     if _HUB_ID.match(src) and not src.startswith((".", "/", "~")):
         return _load_hub(src, dev, dt)
-    raise ModelError(f"{src}: model folder not found (expected a diffusers folder or a hub id)")
+    raise ModelError(f"{src}: model folder not found ({EXPECTED_LAYOUT}, or a hub id)")
 
 
 def _load_local(path: Path, dev: torch.device, dt: torch.dtype) -> DiffusionModel:
@@ -322,10 +334,11 @@ def _load_local(path: Path, dev: torch.device, dt: torch.dtype) -> DiffusionMode
     from tinyshot.diffusion.tokenizer import load_clip_tokenizer
 
     if not path.is_dir():
-        raise ModelError(f"{path}: not a folder; a model is a diffusers folder with unet/ etc.")
-    for sub in ("unet", "text_encoder"):
-        if not (path / sub / "config.json").is_file():
-            raise ModelError(f"{path}: missing {sub}/config.json (not a diffusers SD folder)")
+        raise ModelError(f"{path}: not a folder; {EXPECTED_LAYOUT}")
+    missing = [s for s in ("unet", "text_encoder") if not (path / s / "config.json").is_file()]
+    if missing:
+        raise ModelError(f"{path}: no {', '.join(m + '/config.json' for m in missing)}; "
+                         f"{EXPECTED_LAYOUT}{_layout_hint(path)}")  # fmt: skip
     meta: dict[str, Any] = {}
     if (path / TINYSHOT_JSON).is_file():
         meta = json.loads((path / TINYSHOT_JSON).read_text())
@@ -352,6 +365,85 @@ def _load_local(path: Path, dev: torch.device, dt: torch.dtype) -> DiffusionMode
         model_id=str(path.resolve()),
         caption_template=meta.get("caption_template", DEFAULT_TEMPLATE),
         image_size=meta.get("image_size"),
+        device=dev,
+        dtype=dt,
+    )
+    _check_shapes(model, path)
+    return _prepare_modules(model)
+
+
+def _layout_hint(path: Path) -> str:
+    """What the folder looks like instead, when that is recognisable."""
+    cfg = path / "config.json"
+    if cfg.is_file():
+        try:
+            d = json.loads(cfg.read_text())
+        except ValueError:
+            d = {}
+        kind = d.get("_class_name") or d.get("model_type") or "?"
+        if path.name in ("unet", "vae", "text_encoder") or kind in (
+            "UNet2DConditionModel",
+            "AutoencoderKL",
+            "clip_text_model",
+        ):
+            return f" (this looks like one component, {kind}: pass its parent folder)"
+        return f" (this is a {kind} model folder, not a text-to-image pipeline)"
+    found = sorted(p.name for p in path.iterdir())[:8]
+    return f" (found: {', '.join(found) or 'an empty folder'})"
+
+
+def sd15_config_folder() -> Path:
+    """SD 1.5's component configs + CLIP tokenizer, written once to the cache: the `config=`
+    that lets diffusers' from_single_file load an original checkpoint offline."""
+    from tinyshot.utils.paths import cache_dir
+
+    folder = cache_dir() / "sd15-config"
+    if not (folder / "model_index.json").is_file():
+        from tinyshot.diffusion.sd15 import write_sd15_config_folder
+
+        cache_dir().mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=cache_dir(), prefix=".sd15-config."))
+        write_sd15_config_folder(tmp)
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process won the race
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def _load_single_file(
+    path: Path, dev: torch.device, dt: torch.dtype, config: str | Path | None = None
+) -> DiffusionModel:
+    """An original-format SD 1.x checkpoint (.safetensors/.ckpt, e.g. v1-5-pruned-emaonly)
+    through diffusers' StableDiffusionPipeline.from_single_file, offline: the component
+    configs come from `config` (a diffusers folder; default SD 1.5's, written from the
+    package's copy), never from the hub. The safety checker is not loaded."""
+    from diffusers import StableDiffusionPipeline
+
+    cfg = Path(config) if config is not None else sd15_config_folder()
+    try:
+        pipe = StableDiffusionPipeline.from_single_file(
+            str(path),
+            config=str(cfg),
+            local_files_only=True,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    except Exception as e:  # diffusers raises many types for a checkpoint it cannot map
+        raise ModelError(
+            f"{path}: cannot load as a Stable Diffusion 1.x single-file checkpoint with the "
+            f"component configs of {cfg} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            "only SD 1.x (UNet 320/640/1280/1280, CLIP ViT-L/14 text encoder) is supported "
+            "offline. Other models: pass a diffusers folder"
+        ) from e
+    model = DiffusionModel(
+        unet=pipe.unet,
+        text_encoder=pipe.text_encoder,
+        tokenizer=pipe.tokenizer,
+        scheduler=make_ddim_scheduler(dict(pipe.scheduler.config)),
+        vae=pipe.vae,
+        model_id=str(path.resolve()),
         device=dev,
         dtype=dt,
     )
