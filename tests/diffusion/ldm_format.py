@@ -51,13 +51,17 @@ def unet_to_ldm(sd: dict[str, torch.Tensor], layers: int = 2) -> dict[str, torch
         elif k.startswith("mid_block.attentions.0."):
             k2 = "middle_block.1." + k[len("mid_block.attentions.0.") :]
         else:
-            k2 = {
-                "time_embedding.linear_1": "time_embed.0",
-                "time_embedding.linear_2": "time_embed.2",
-                "conv_in": "input_blocks.0.0",
-                "conv_norm_out": "out.0",
-                "conv_out": "out.2",
-            }[k.rsplit(".", 1)[0]] + "." + k.rsplit(".", 1)[1]
+            k2 = (
+                {
+                    "time_embedding.linear_1": "time_embed.0",
+                    "time_embedding.linear_2": "time_embed.2",
+                    "conv_in": "input_blocks.0.0",
+                    "conv_norm_out": "out.0",
+                    "conv_out": "out.2",
+                }[k.rsplit(".", 1)[0]]
+                + "."
+                + k.rsplit(".", 1)[1]
+            )
         out["model.diffusion_model." + k2] = v
     return out
 
@@ -92,5 +96,9 @@ def to_ldm_checkpoint(model) -> dict[str, torch.Tensor]:
     sd = unet_to_ldm(model.unet.state_dict(), layers)
     sd.update(vae_to_ldm(model.vae.state_dict(), len(model.vae.config.block_out_channels)))
     for k, v in model.text_encoder.state_dict().items():  # transformers 5 drops "text_model."
-        sd["cond_stage_model.transformer." + ("" if k.startswith("text_model.") else "text_model.") + k] = v
+        sd[
+            "cond_stage_model.transformer."
+            + ("" if k.startswith("text_model.") else "text_model.")
+            + k
+        ] = v
     return {k: v.detach().contiguous().clone() for k, v in sd.items()}

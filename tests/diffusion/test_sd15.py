@@ -27,7 +27,7 @@ from tinyshot.diffusion.sd15 import (
 from tinyshot.errors import ModelError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ldm_format import to_ldm_checkpoint  # noqa: E402
+from ldm_format import to_ldm_checkpoint
 
 W, LATENT = 10, 8  # reduced widths, 64 px images: the same blocks, heads and layers as SD 1.5
 
@@ -142,13 +142,13 @@ def test_single_file_that_is_not_sd(tmp_path):
 
     path = tmp_path / "other.safetensors"
     save_file({"weight": torch.zeros(3)}, path)
-    with pytest.raises(ModelError, match="cannot load as a Stable Diffusion 1.x single-file"):
+    with pytest.raises(ModelError, match=r"cannot load as a Stable Diffusion 1\.x single-file"):
         load_diffusion_model(path, single_file_config=write_sd15_config_folder(tmp_path / "c"))
 
 
 def test_wrong_folders_say_what_was_expected(tmp_path, reduced):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelError, match="expected a diffusers Stable Diffusion.*empty folder"):
+    with pytest.raises(ModelError, match=r"expected a diffusers Stable Diffusion.*empty folder"):
         load_diffusion_model(tmp_path / "empty")
     reduced.unet.save_pretrained(tmp_path / "unet")
     with pytest.raises(ModelError, match="UNet2DConditionModel: pass its parent folder"):

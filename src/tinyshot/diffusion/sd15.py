@@ -314,6 +314,4 @@ def write_sd15_config_folder(folder: str | Path, configs: dict[str, dict] | None
 
 def _write_config(folder: Path, cls: Any, config: dict[str, Any]) -> None:
     name = getattr(cls, "config_name", "config.json")
-    (folder / name).write_text(
-        json.dumps({"_class_name": cls.__name__, **config}, indent=2) + "\n"
-    )
+    (folder / name).write_text(json.dumps({"_class_name": cls.__name__, **config}, indent=2) + "\n")

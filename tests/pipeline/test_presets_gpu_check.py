@@ -1,0 +1,95 @@
+"""Presets (--preset demo/paper, configs/paper.toml) and the GPU check at a small size on CPU."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tinyshot.cli import build_parser
+from tinyshot.diffusion.config import SpecializeConfig
+from tinyshot.errors import ConfigError
+from tinyshot.pipeline.commands import _pipeline_overrides
+from tinyshot.pipeline.episode import PipelineConfig
+from tinyshot.presets import PRESETS, merge_config, preset
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_paper_toml_equals_the_preset():
+    data = tomllib.loads((ROOT / "configs" / "paper.toml").read_text())
+    assert data == PRESETS["paper"]
+
+
+def test_paper_preset_values():
+    cfg = PipelineConfig.from_dict(preset("paper"))
+    spec = SpecializeConfig.from_dict(cfg.specialize).validate()
+    assert (spec.ti_steps, spec.ti_lr, spec.num_inference_steps) == (5000, 1e-3, 50)
+    assert (spec.guidance, spec.nti_inner_steps) == (7.5, 10)
+    assert (cfg.synthetic_per_class, cfg.distill["iterations"]) == (4000, 10000)
+    assert (cfg.student, cfg.image_size, cfg.teacher_input_size) == ("resnet12", 84, 224)
+    assert cfg.teacher == "dino-vitb16"
+
+
+def test_demo_preset_is_todays_defaults():
+    assert PipelineConfig.from_dict(preset("demo")).to_dict() == PipelineConfig().to_dict()
+    with pytest.raises(ConfigError, match="unknown preset 'nope'"):
+        preset("nope")
+
+
+def test_precedence_preset_then_file_then_flags():
+    args = build_parser().parse_args(
+        ["fit", "data", "--out", "run", "--preset", "paper", "--ti-steps", "3"]
+    )
+    d = _pipeline_overrides(args, {"specialize": {"guidance": 5.0}, "synthetic_per_class": 7})
+    assert d["specialize"] == {**PRESETS["paper"]["specialize"], "ti_steps": 3, "guidance": 5.0}
+    assert d["synthetic_per_class"] == 7 and d["student"] == "resnet12"
+    assert merge_config({"a": {"x": 1, "y": 2}}, {"a": {"y": 3}}) == {"a": {"x": 1, "y": 3}}
+
+
+@pytest.mark.parametrize("command", ["fit", "demo", "benchmark"])
+def test_help_lists_presets(command, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, "--help"])
+    out = capsys.readouterr().out
+    assert "--preset" in out and "paper" in out and "demo" in out
+
+
+def test_gpu_check_small_on_cpu(tmp_path):
+    from tinyshot.pipeline.gpu_check import run_gpu_check
+
+    report = run_gpu_check(
+        tmp_path,
+        "cpu",
+        bench=False,  # the bench is covered by tests/diffusion/test_sd15.py
+        width_divisor=10,
+        latent_size=8,
+        fit_overrides={
+            # Real-ESRGAN (the default "sr" here) is covered by test_tint_upscale; on a busy
+            # 2-core CPU it would triple this test's time.
+            "specialize": {
+                "ti_steps": 2,
+                "num_inference_steps": 3,
+                "nti_inner_steps": 2,
+                "upscale": "bilinear",
+            },
+            "synthetic_per_class": 4,
+            "generation_batch_size": 4,
+            "teacher_input_size": 32,
+            "student": "conv4",
+            "image_size": 32,
+            "distill": {"iterations": 4, "batch_size": 8, "eval_every": 2, "checkpoint_every": 2},
+        },
+        support_size=28,
+    )
+    stored = json.loads((tmp_path / "gpu-check.json").read_text())
+    assert stored["fit"]["synthetic_images"] == 8 and stored["device"] == "cpu"
+    assert "sr_unavailable" not in report and report["stages"]["fit_s"] > 0
+    timings = stored["fit"]["timings"]
+    assert {"specialize_s", "generate_tint_s", "teacher_s", "distill_s"} <= set(timings)
+    assert all(v > 0 for v in timings.values())
+    assert Path(stored["fit"]["onnx"]).is_file() and stored["fit"]["onnx_bytes"] > 0
+    assert (tmp_path / "models" / "sd15" / "model_index.json").is_file()
+    assert (tmp_path / "models" / "dino-vitb16" / "config.json").is_file()
