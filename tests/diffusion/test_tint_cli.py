@@ -71,7 +71,11 @@ def test_bench_generate_json(capsys):
     res = json.loads(capsys.readouterr().out)
     steps = [r["step"] for r in res["rows"]]
     assert steps[0].startswith("Textual inversion") and steps[1].startswith("Null-text")
-    assert all(r["total_s"] > 0 and r["per_unit_s"] > 0 for r in res["rows"])
+    timed = [r for r in res["rows"] if not r["step"].startswith("All-in")]
+    assert len(timed) == 4 and all(r["total_s"] > 0 and r["per_unit_s"] > 0 for r in timed)
+    assert res["rows"][-1]["per_generated_image_s"] == pytest.approx(
+        res["info"]["all_in_per_image_s"]
+    )
     assert res["info"]["speedup"] > 0
     # the one-at-a-time reference (diffusers' scheduler.step) makes the same images
     assert res["info"]["max_pixel_diff"] is not None and res["info"]["max_pixel_diff"] <= 2
