@@ -193,3 +193,24 @@ def test_bench_generate_sd15_reduced(tmp_path, capsys):
     assert nti["per_generated_image_s"] == pytest.approx(nti["per_unit_s"] * 5 / 4000)
     assert r["info"]["resolution"] == 64 and r["info"]["max_pixel_diff"] <= 2
     assert r["info"]["peak_memory_gb"]["generate"] is None  # CPU: no GPU memory figure
+
+
+def test_bench_in_fp16_and_back(tmp_path):
+    """The GPU dtype path on CPU: fp16 TI (loss-scaled) and NTI, fp16 batched generation, and
+    the fp32 one-at-a-time reference on the same model, which ends as it started."""
+    from tinyshot.diffusion.bench import as_fp32, run_generation_bench
+
+    model = build_sd15_model(dtype="fp16", width_divisor=W, sample_size=LATENT, seed=5)
+    before = {k: v.clone() for k, v in model.unet.state_dict().items()}
+    res = run_generation_bench(
+        model, classes=2, shots=1, ti_steps=1, steps=2, nti_inner_steps=1, images=2,
+        batch_size=2, reference_images=1, support_size=28, workdir=tmp_path,
+    )  # fmt: skip
+    assert res.info["dtype"] == "float16" and model.dtype == torch.float16
+    assert all(v.dtype == torch.float16 for v in model.unet.state_dict().values())
+    assert all(torch.equal(v, before[k]) for k, v in model.unet.state_dict().items())
+    assert all(r["per_generated_image_s"] > 0 for r in res.rows)
+    assert res.info["max_pixel_diff"] is not None and res.info["max_pixel_diff"] <= 16
+    with as_fp32(model):
+        assert model.unet.dtype == torch.float32 and model.vae.dtype == torch.float32
+    assert model.unet.dtype == torch.float16

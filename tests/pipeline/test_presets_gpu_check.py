@@ -49,6 +49,20 @@ def test_precedence_preset_then_file_then_flags():
     assert merge_config({"a": {"x": 1, "y": 2}}, {"a": {"y": 3}}) == {"a": {"x": 1, "y": 3}}
 
 
+def test_benchmark_preset_goes_under_each_method():
+    from tinyshot.pipeline.benchmark import DEFAULT_EPISODE_FN
+    from tinyshot.pipeline.commands import apply_preset
+    from tinyshot.pipeline.episode import METHODS, pipeline_config_from_methods
+
+    methods = apply_preset(None, "paper", DEFAULT_EPISODE_FN)
+    assert sorted(methods) == sorted(METHODS)
+    cfg = pipeline_config_from_methods(methods)
+    assert (cfg.synthetic_per_class, cfg.student, cfg.image_size) == (4000, "resnet12", 84)
+    mine = apply_preset({"tint": {"synthetic_per_class": 10}}, "paper", DEFAULT_EPISODE_FN)
+    assert mine["tint"]["synthetic_per_class"] == 10 and list(mine) == ["tint"]
+    assert mine["tint"]["specialize"]["ti_steps"] == 5000
+
+
 @pytest.mark.parametrize("command", ["fit", "demo", "benchmark"])
 def test_help_lists_presets(command, capsys):
     with pytest.raises(SystemExit):

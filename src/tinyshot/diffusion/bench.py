@@ -118,16 +118,24 @@ def as_fp32(model: DiffusionModel) -> Iterator[DiffusionModel]:
     if old == torch.float32:
         yield model
         return
-    parts = [m for m in (model.unet, model.vae) if m is not None]
-    for m in parts:
-        m.to(dtype=torch.float32)
-    model.dtype = torch.float32
+    from diffusers.utils import logging as dlog
+
+    def cast(dt: torch.dtype) -> None:
+        level = dlog.get_verbosity()
+        dlog.set_verbosity_error()  # diffusers warns on every direct dtype cast
+        try:
+            for m in (model.unet, model.vae):
+                if m is not None:
+                    m.to(dtype=dt)
+        finally:
+            dlog.set_verbosity(level)
+        model.dtype = dt
+
+    cast(torch.float32)
     try:
         yield model
     finally:
-        for m in parts:
-            m.to(dtype=old)
-        model.dtype = old
+        cast(old)
         if model.device.type == "cuda":
             torch.cuda.empty_cache()
 

@@ -265,18 +265,26 @@ def parse_methods(items: list[str]) -> dict[str, dict[str, Any]] | None:
     return methods or None
 
 
+def apply_preset(
+    methods: dict[str, dict[str, Any]] | None, name: str, episode_fn: str
+) -> dict[str, dict[str, Any]]:
+    """The preset under each method's own config (the episode function's default methods
+    when none are given): a method's keys win over the preset's."""
+    from tinyshot.pipeline.benchmark import default_methods
+
+    methods = methods or default_methods(episode_fn)
+    if not methods:
+        raise ConfigError(f"--preset: give --method ({episode_fn} declares no default methods)")
+    return {m: merge_config(preset(name), cfg) for m, cfg in methods.items()}
+
+
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from tinyshot.data.commands import parse_options
     from tinyshot.pipeline.benchmark import prepare_episodes, run_benchmark
 
     methods = parse_methods(args.method)
     if args.preset:
-        from tinyshot.pipeline.benchmark import default_methods
-
-        methods = methods or default_methods(args.episode_fn)
-        if not methods:
-            raise ConfigError(f"--preset: give --method ({args.episode_fn} has no default methods)")
-        methods = {m: merge_config(preset(args.preset), cfg) for m, cfg in methods.items()}
+        methods = apply_preset(methods, args.preset, args.episode_fn)
     out = Path(args.out)
     limit = None
     if args.episodes.strip().isdigit():
