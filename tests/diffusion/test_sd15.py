@@ -195,6 +195,11 @@ def test_bench_generate_sd15_reduced(tmp_path, capsys):
     assert r["info"]["peak_memory_gb"]["generate"] is None  # CPU: no GPU memory figure
 
 
+def test_bench_sd15_full_size_refuses_cpu(capsys):
+    assert main(["bench", "generate", "--arch", "sd15", "--device", "cpu"]) == 2
+    assert "--device cuda" in capsys.readouterr().err
+
+
 def test_bench_in_fp16_and_back(tmp_path):
     """The GPU dtype path on CPU: fp16 TI (loss-scaled) and NTI, fp16 batched generation, and
     the fp32 one-at-a-time reference on the same model, which ends as it started."""

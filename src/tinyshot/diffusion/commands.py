@@ -224,7 +224,16 @@ def _bench(args: argparse.Namespace) -> int:
 def _bench_sd15(args: argparse.Namespace) -> int:
     """Full-size SD 1.5 (random weights) in each dtype; one table per dtype, then a summary."""
     from tinyshot.diffusion.bench import run_sd15_bench
+    from tinyshot.errors import ConfigError
+    from tinyshot.utils.device import resolve_device
     from tinyshot.utils.io import write_json
+
+    if resolve_device(args.device).type == "cpu" and args.width_divisor == 1:
+        raise ConfigError(
+            "--arch sd15 is the full-size model at 512 px: on a CPU one guided UNet step takes "
+            "minutes (255 s measured on one core), the bench hours. Run it with --device cuda "
+            "(or scripts/gpu-check.sh)"
+        )
 
     out = run_sd15_bench(
         device=args.device,

@@ -24,7 +24,7 @@ log = get_logger("pipeline.gpu_check")
 # Bench and fit budgets sized to finish in about 5 minutes on one H100/H200.
 BENCH = {
     "classes": 2,
-    "shots": 3,
+    "shots": 2,  # NTI is per image; 4 images x 50 x 10 keep the bench near 100 s per dtype
     "ti_steps": 20,
     "steps": 50,
     "nti_inner_steps": 10,
