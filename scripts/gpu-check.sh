@@ -21,7 +21,12 @@ if [ -z "${PYTHON:-}" ]; then
 fi
 "$PYTHON" - <<'PY'
 import sys
-import torch
+try:
+    import torch
+    import tinyshot  # noqa: F401
+except ImportError as e:
+    sys.exit(f"gpu-check: {sys.executable} cannot import {e.name}; install tinyshot with a CUDA "
+             "torch (pip install -e '.[offline]') or point PYTHON= at that interpreter")
 if not torch.cuda.is_available():
     sys.exit(f"gpu-check: torch {torch.__version__} sees no CUDA GPU; install a CUDA build of "
              "torch in this environment (pip install -e '.[offline]' with your own torch)")
