@@ -156,6 +156,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
     print(f"model:   {summary['model']}")
     print(f"classes: {', '.join(summary['classes'])}")
     print(f"report:  {Path(args.out) / 'report.html'}")
+    warns = summary.get("health", {}).get("warnings", [])
+    if warns:
+        print(
+            f"health:  {len(warns)} warning(s) about the synthetic images; see the report's banner"
+        )
     print(f"predict: tinyshot predict {summary['model']} IMAGES...")
     return 0
 
