@@ -12,6 +12,7 @@ where it stopped):
     model.onnx              the exported student (preprocessing in its metadata)
     report.html             generated samples, alpha sweep, training curve
     fit.json                summary: timings, sizes, where everything is
+    health.json             synthetic-data health per class + real-image estimate (evaluation.health)
     log.txt
 """
 
