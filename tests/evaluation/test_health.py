@@ -75,7 +75,7 @@ def test_warnings_per_figure_and_thresholds():
     )
     assert h.status == "warn" and len(h.problems) == 4
     assert "only 40.0%" in h.problems[0] and f"{100 * AGREEMENT_WARN:.0f}%" in h.problems[0]
-    assert "0.08473 -> 0.08399 (+0.9%" in h.problems[1]
+    assert "0.08473 -> 0.08399 (-0.9%, warning below a 2% drop" in h.problems[1]
     assert "12.0 dB" in h.problems[2] and "below 20 dB" in h.problems[2]
     assert "6.0x farther" in h.problems[3]
     ok = judge(

@@ -282,7 +282,7 @@ def judge(h: ClassHealth) -> ClassHealth:
         status = "warn" if status == "ok" else status
         h.problems.append(
             f"{who}: textual inversion support loss {h.ti_loss_init:.5f} -> "
-            f"{h.ti_loss_final:.5f} ({100 * drop:+.1f}%, warning below "
+            f"{h.ti_loss_final:.5f} ({-100 * drop:+.1f}%, warning below a "
             f"{100 * TI_MIN_RELATIVE_DROP:.0f}% drop): the class token learned little; more "
             f"--ti-steps, or {ADVICE}"
         )
