@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         result = args.func(args)
     except TinyshotError as e:
         print(f"tinyshot {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return int(getattr(e, "exit_code", 2))
     except KeyboardInterrupt:
         print(
             f"tinyshot {args.command}: interrupted; finished work is kept, rerun to resume",

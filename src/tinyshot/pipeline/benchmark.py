@@ -379,6 +379,7 @@ class BenchmarkResult:
     per_episode: list[dict[str, Any]]  # sorted by index: {"index", "seed", "methods"}
     failures: list[dict[str, Any]]  # sorted by index: {"index", "error_type", "message"}
     run: dict[str, Any] = field(default_factory=dict)
+    health: dict[str, Any] = field(default_factory=dict)  # evaluation.health, per generator
 
     @property
     def complete(self) -> bool:
@@ -403,6 +404,7 @@ class BenchmarkResult:
             "paired": self.paired,
             "failures": self.failures,
             "per_episode": self.per_episode,
+            "health": self.health,
         }
 
     def render(self, width: int = 120) -> str:
@@ -462,6 +464,14 @@ class BenchmarkResult:
                     f"{100 * d['mean_difference']:+.2f} ± {pc(d['half_width'])}",
                 )
             console.print(p)
+        for g, s in (self.health.get("generators") or {}).items():
+            if s["agreement"] is not None:
+                console.print(
+                    f"health: {g} synthetic images, teacher agreement {100 * s['agreement']:.1f}% "
+                    f"(chance {100 * s['chance']:.1f}%), {s['status']}: failed in "
+                    f"{s['episodes_failed']}, warned in {s['episodes_warned']} of "
+                    f"{s['episodes']} episodes"
+                )
         for f in self.failures:
             console.print(f"episode {f['index']} failed: {f['error_type']}: {f['message']}")
         return console.export_text()
@@ -489,6 +499,8 @@ def aggregate(
         elif fail_path.is_file():
             f = read_json(fail_path)
             failures.append({k: f[k] for k in ("index", "error_type", "message")})
+    from tinyshot.evaluation.health import benchmark_health
+
     summary = {}
     if per_episode:
         for m in methods:
@@ -504,6 +516,7 @@ def aggregate(
         per_episode=per_episode,
         failures=failures,
         run=dict(run or {}),
+        health=benchmark_health(per_episode),
     )
     if write:
         write_json(out_dir / "results.json", result.to_dict())

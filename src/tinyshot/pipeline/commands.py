@@ -121,6 +121,20 @@ def _register_fit(sub: argparse._SubParsersAction) -> None:
         help="which data the student learns from (default tint)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop with exit code 3 instead of distilling when a class's synthetic images fail "
+        "the health check (teacher agreement not above chance); finished stages are kept",
+    )
+    p.add_argument(
+        "--holdout",
+        type=int,
+        default=0,
+        metavar="N",
+        help="keep N support images per class out of every training stage and report student "
+        "and teacher accuracy on them (an estimate from few real images; default 0)",
+    )
     _add_pipeline_options(p)
     p.set_defaults(func=cmd_fit)
 
@@ -133,11 +147,22 @@ def cmd_fit(args: argparse.Namespace) -> int:
     pipe = _pipeline_overrides(args, raw)
     pipe["methods"] = [args.method]
     summary = fit(
-        args.data_dir, args.out, PipelineConfig.from_dict(pipe), base=args.base, seed=args.seed
+        args.data_dir,
+        args.out,
+        PipelineConfig.from_dict(pipe),
+        base=args.base,
+        seed=args.seed,
+        strict=args.strict,
+        holdout=args.holdout,
     )
     print(f"model:   {summary['model']}")
     print(f"classes: {', '.join(summary['classes'])}")
     print(f"report:  {Path(args.out) / 'report.html'}")
+    warns = summary.get("health", {}).get("warnings", [])
+    if warns:
+        print(
+            f"health:  {len(warns)} warning(s) about the synthetic images; see the report's banner"
+        )
     print(f"predict: tinyshot predict {summary['model']} IMAGES...")
     return 0
 

@@ -255,6 +255,26 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> dict[str,
             generators,
             config.fd_images,
         )
+    from tinyshot.evaluation.health import combine_episodes
+
+    health = combine_episodes(
+        [
+            read_json(p) if (p := out / "episodes" / f"{i:04d}" / "health.json").is_file() else None
+            for i in range(len(episodes))
+        ]
+    )
+    for g, s in health.get("generators", {}).items():
+        if s["status"] != "ok":
+            log.warning(
+                "health: %s synthetic images: %s in %d of %d episodes (teacher agreement %.1f%%, "
+                "chance %.1f%%); details in report.html",
+                g,
+                "failed" if s["status"] == "fail" else "warnings",
+                s["episodes_failed"] or s["episodes_warned"],
+                s["episodes"],
+                100 * (s["agreement"] or 0.0),
+                100 * s["chance"],
+            )
     results = {
         "format": "tinyshot.demo-results",
         "version": 1,
@@ -264,6 +284,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> dict[str,
         "paired": paired,
         "per_episode": per_episode,
         "frechet": fd,
+        "health": health,
         "wall_seconds": time.perf_counter() - t_start,
     }
     write_json(out / "results.json", results)

@@ -389,6 +389,7 @@ def run_pipeline_episode(
         labels["base"] = pseudo_label(teacher, data.base, work / "labels" / "base.safetensors")
     for g, x in synthetic.items():
         labels[g] = pseudo_label(teacher, x, work / "labels" / f"{g}.safetensors")
+    health = episode_health(teacher, data, labels, synthetic, gen, work, config)
     if "teacher" in config.methods:
         probs = teacher.predict_proba(data.query.float() / 255.0)
         acc = float((probs.argmax(1) == data.query_labels).double().mean())
@@ -426,11 +427,51 @@ def run_pipeline_episode(
         }
     if "teacher" in results:
         results["teacher"]["seconds"] = teacher_s
+    for g, summary in health["generators"].items():
+        if g in results:  # the benchmark's per-episode records carry it to results.json
+            results[g]["health"] = summary
     timings = {**gen.get("_timings", {}), "teacher_and_labels_s": teacher_s}
     write_json(
-        done, {"methods": results, "timings": timings, "episode": episode.to_dict(), "seed": seed}
+        done,
+        {
+            "methods": results,
+            "timings": timings,
+            "episode": episode.to_dict(),
+            "seed": seed,
+            "health": health,
+        },
     )
     return results
+
+
+def episode_health(
+    teacher: Any,
+    data: EpisodeData,
+    labels: dict[str, torch.Tensor],
+    synthetic: dict[str, torch.Tensor],
+    stores: dict[str, Any],
+    work: Path,
+    config: PipelineConfig,
+) -> dict[str, Any]:
+    """Synthetic-data health of an episode (evaluation.health): logged, written to health.json."""
+    from tinyshot.evaluation.health import assess, intended_labels
+
+    sources = ["support"] + (["base"] if data.base is not None else [])
+    report = assess(
+        teacher=teacher,
+        class_names=data.class_names,
+        support=data.support,
+        support_labels=data.support_labels,
+        soft_labels={g: labels[g] for g in synthetic},
+        intended={g: intended_labels(stores[g]) for g in synthetic},
+        synthetic=synthetic,
+        spec_dir=work / "specialize" if synthetic else None,
+        sources=sources + [f"synthetic:{g}" for g in synthetic],
+    )
+    report.log_warnings()
+    out = report.to_dict()
+    write_json(work / "health.json", out)
+    return out
 
 
 def _resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -12,6 +12,7 @@ where it stopped):
     model.onnx              the exported student (preprocessing in its metadata)
     report.html             generated samples, alpha sweep, training curve
     fit.json                summary: timings, sizes, where everything is
+    health.json             synthetic-data health per class + real-image estimate (evaluation.health)
     log.txt
 """
 
@@ -84,8 +85,15 @@ def fit(
     config: PipelineConfig | None = None,
     base: str | None = None,
     seed: int = 0,
+    strict: bool = False,
+    holdout: int = 0,
 ) -> dict[str, Any]:
-    """Specialize -> generate -> pseudo-label -> distill -> export; returns the fit summary."""
+    """Specialize -> generate -> pseudo-label -> distill -> export; returns the fit summary.
+
+    strict: stop with HealthError (finished stages kept) instead of distilling when a class's
+    synthetic images fail the health checks. holdout: supports per class kept out of every
+    training stage, to estimate student and teacher accuracy on real images (docs/pipeline.md).
+    """
     from tinyshot.distill.pseudo_label import pseudo_label
     from tinyshot.models.export import export_onnx
     from tinyshot.pipeline.report_builder import build_fit_report
@@ -108,6 +116,8 @@ def fit(
         "seed": seed,
         "config": config.to_dict(),
     }
+    if holdout:  # changes what every stage sees; absent when 0 so older run folders resume
+        record["holdout_per_class"] = holdout
     if stored.is_file() and read_json(stored) != record:
         raise ConfigError(
             f"{stored}: this run folder was started with another configuration; "
@@ -117,6 +127,14 @@ def fit(
     t_start = time.perf_counter()
     data = _load_user_classes(data_dir, config)
     write_json(out / "classes.json", data.class_names)
+    held = None
+    if holdout:
+        from tinyshot.evaluation.health import hold_out_supports
+
+        data, held_x, held_y = hold_out_supports(
+            data, holdout, derive_seed(seed, "holdout") % 2**63
+        )
+        held = (held_x, held_y)
     shots = [len(x) for x in data.support_pil]
     log.info("fit: %d classes, %s images per class -> %s", data.ways, shots, out)
 
@@ -143,8 +161,10 @@ def fit(
     if data.base is not None:
         labels["base"] = pseudo_label(teacher, data.base, out / "labels" / "base.safetensors")
     val = None
+    all_labels = {}
     for g, x in synthetic.items():
         labels[g] = pseudo_label(teacher, x, out / "labels" / f"{g}.safetensors")
+        all_labels[g] = (x, labels[g])
         if g == method:
             # Hold out a slice of the synthetic set; the curve is agreement with the teacher.
             n_hold = max(data.ways, int(HOLDOUT_FRACTION * len(x)))
@@ -152,8 +172,11 @@ def fit(
             hold, keep = perm[:n_hold], perm[n_hold:]
             val = (x[hold], labels[g][hold].argmax(1))
             synthetic[g], labels[g] = x[keep], labels[g][keep]
+    health = _fit_health(teacher, data, all_labels, gen, out, method, held)
     timings["teacher_s"] = time.perf_counter() - t0
     del teacher
+    if strict and health.failed:
+        _stop_unhealthy(health, out)
 
     t0 = time.perf_counter()
     pretrained = pretrained_student_path(base_ds, config)
@@ -161,6 +184,17 @@ def fit(
         method, data, labels, synthetic, pretrained, config, out / "student", seed, val
     )
     timings["distill_s"] = time.perf_counter() - t0
+    if held is not None:
+        from tinyshot.evaluation.episodic import evaluate_student
+
+        health.real["holdout"]["student"] = evaluate_student(student, held[0], held[1])
+        log.info(
+            "held-out supports (%d real images, an estimate from few images): student %.1f%%, "
+            "teacher %.1f%%",
+            len(held[1]),
+            100 * health.real["holdout"]["student"],
+            100 * health.real["holdout"]["teacher"],
+        )
     onnx_path = export_onnx(student.eval(), out / "model.onnx", data.class_names)
     summary = {
         "format": "tinyshot.fit",
@@ -173,10 +207,63 @@ def fit(
         "student": {"arch": config.student, "input_size": config.image_size},
         "model": str(onnx_path),
         "teacher_agreement_on_heldout_synthetic": result.final_val_acc,
+        "health": health.to_dict(),
         "timings": timings,
         "wall_seconds": time.perf_counter() - t_start,
     }
+    write_json(out / "health.json", summary["health"])
     write_json(out / "fit.json", summary)
     build_fit_report(out, summary, data, config)
     log.info("fit done: %s (report %s)", onnx_path, out / "report.html")
     return summary
+
+
+def _fit_health(
+    teacher: Any,
+    data: EpisodeData,
+    labelled: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    stores: dict[str, Any],
+    out: Path,
+    method: str,
+    held: tuple[torch.Tensor, torch.Tensor] | None,
+) -> Any:
+    """Health figures of this fit (evaluation.health), logged and written to health.json."""
+    from tinyshot.evaluation.health import assess, intended_labels, sources_of
+
+    report = assess(
+        teacher=teacher,
+        class_names=data.class_names,
+        support=data.support,
+        support_labels=data.support_labels,
+        soft_labels={g: p for g, (_, p) in labelled.items()},
+        intended={g: intended_labels(stores[g]) for g in labelled},
+        synthetic={g: x for g, (x, _) in labelled.items()},
+        spec_dir=out / "specialize" if labelled else None,
+        sources=sources_of(method, data.base is not None),
+    )
+    if held is not None:
+        probs = teacher.predict_proba(held[0].float() / 255.0)
+        report.real["holdout"] = {
+            "images": len(held[1]),
+            "teacher": float((probs.argmax(1) == held[1]).double().mean()),
+            "student": None,
+            "method": "supports held out of specialization, teacher prototypes and distillation",
+        }
+    report.log_warnings()
+    write_json(out / "health.json", report.to_dict())
+    return report
+
+
+def _stop_unhealthy(report: Any, out: Path) -> None:
+    from tinyshot.evaluation.health import ADVICE, HealthError
+
+    failed = "; ".join(
+        f"{h.class_name!r} ({h.generator}: teacher agreement {100 * h.agreement:.1f}%, "
+        f"chance {100 * h.chance:.1f}%)"
+        for h in report.failed
+    )
+    raise HealthError(
+        f"--strict: synthetic images failed the health check for {failed}; nothing was "
+        f"distilled. Finished stages are kept in {out} (figures in {out / 'health.json'}); "
+        f"{ADVICE}, or rerun without --strict to distill anyway"
+    )

@@ -73,6 +73,56 @@ def _curves(report: Report, episode_dir: Path, methods: Sequence[str]) -> None:
         report.chart(series, y_label="accuracy (%)")
 
 
+def _health_banner(report: Report, health: dict[str, Any] | None, label: str) -> None:
+    """First thing in the report: sources, health per generator, warnings (evaluation.health)."""
+    if health:
+        from tinyshot.evaluation.health import banner_html
+
+        report.raw(banner_html(health, label))
+
+
+def _real_estimate(report: Report, health: dict[str, Any] | None, agree: float | None) -> None:
+    """Accuracy on real held-out supports beside the agreement on synthetic images."""
+    real = (health or {}).get("real_image_estimate") or {}
+    t, h = real.get("teacher_loo") or {}, real.get("holdout") or {}
+    rows = []
+    if agree is not None:
+        rows.append(
+            ["student: agreement with the teacher", "held-out synthetic", f"{100 * agree:.1f}"]
+        )
+    if h.get("images"):
+        rows.append(
+            ["student", f"{h['images']} held-out support images", f"{100 * h['student']:.1f}"]
+        )
+        rows.append(
+            ["teacher", f"{h['images']} held-out support images", f"{100 * h['teacher']:.1f}"]
+        )
+    if t.get("images"):
+        rows.append(
+            [
+                "teacher (leave-one-out ProtoNet)",
+                f"{t['images']} support images",
+                f"{100 * t['accuracy']:.1f}",
+            ]
+        )
+    if not rows:
+        return
+    report.heading("Accuracy estimate on real images", 3)
+    report.paragraph(
+        "An estimate from few images: each real image is one vote, so with n images the 95% "
+        "interval is about +-100/sqrt(n) points. "
+        + (
+            "The student was not evaluated on real images: every support trained it; rerun "
+            "with --holdout 1 to keep one image per class out of every stage."
+            if not h.get("images")
+            else "Held-out supports were kept out of specialization, the teacher's prototypes "
+            "and distillation."
+        ),
+        note=True,
+    )
+    report.table(["model", "images", "accuracy %"], rows)
+
+
 def build_demo_report(
     out: Path,
     results: dict[str, Any],
@@ -86,6 +136,7 @@ def build_demo_report(
 
     pipe = config.pipeline
     report = Report("tinyshot demo: TINT few-shot distillation on Fashion-MNIST")
+    _health_banner(report, results.get("health"), "all methods of the comparison")
     report.paragraph(
         f"{len(episodes)} episodes of {config.ways}-way {config.shots}-shot over the novel classes "
         "(Sandal, Shirt, Sneaker, Bag, Ankle boot). Supports from the train split, queries from "
@@ -152,6 +203,7 @@ def build_fit_report(out: Path, summary: dict[str, Any], data: Any, config: Any)
     from tinyshot.pipeline.episode import GENERATORS
 
     report = Report(f"tinyshot fit: {len(summary['classes'])} classes")
+    _health_banner(report, summary.get("health"), f"method {summary['method']}")
     report.paragraph(
         f"Student {summary['student']['arch']} at {summary['student']['input_size']} px, trained "
         f"with {summary['method']}; exported to {Path(summary['model']).name}. Generator: "
@@ -165,6 +217,7 @@ def build_fit_report(out: Path, summary: dict[str, Any], data: Any, config: Any)
             "with `tinyshot predict`).",
             note=True,
         )
+    _real_estimate(report, summary.get("health"), agree)
     report.table(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in summary["timings"].items()])
     hist = out / "student" / "history.json"
     if hist.is_file():

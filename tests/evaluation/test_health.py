@@ -1,0 +1,247 @@
+"""Synthetic-data health: figures, thresholds and warnings (evaluation.health)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tinyshot.errors import ConfigError
+from tinyshot.evaluation.health import (
+    AGREEMENT_WARN,
+    ClassHealth,
+    HealthReport,
+    agreement_by_class,
+    assess,
+    banner_html,
+    benchmark_health,
+    combine_episodes,
+    hold_out_supports,
+    judge,
+    loo_protonet_accuracy,
+    nti_psnr,
+    support_distances,
+)
+
+
+def _probs_for(intended: torch.Tensor, predicted: torch.Tensor, ways: int) -> torch.Tensor:
+    return F.one_hot(predicted, ways).float() * 0.8 + 0.2 / ways
+
+
+def test_agreement_at_chance_fails_and_names_the_class():
+    ways, n = 5, 50
+    g = torch.Generator().manual_seed(0)
+    intended = torch.arange(ways).repeat_interleave(n)
+    # "cat" (class 0) is drawn at chance: the teacher picks a uniformly random class.
+    pred = intended.clone()
+    pred[:n] = torch.randint(0, ways, (n,), generator=g)
+    stats = agreement_by_class(_probs_for(intended, pred, ways), intended, ways)
+    n0, a0, _ = stats[0]
+    assert n0 == 50 and a0 == pytest.approx(float((pred[:n] == 0).double().mean()))
+    assert a0 < 0.3  # around chance 0.2
+    names = ["cat", "dog", "fish", "pig", "rabbit"]
+    hs = [
+        judge(ClassHealth("tint", c, names[c], ways, stats[c][0], stats[c][1], stats[c][2]))
+        for c in range(ways)
+    ]
+    assert hs[0].status == "fail"
+    assert hs[0].agreement_floor() == pytest.approx(0.2 + 2 * math.sqrt(0.2 * 0.8 / 50))
+    msg = hs[0].problems[0]
+    assert "'cat'" in msg and f"{100 * a0:.1f}%" in msg and "chance is 20.0%" in msg
+    assert "--method support+base" in msg
+    for h in hs[1:]:  # healthy classes: agreement 1.0, no warning
+        assert h.status == "ok" and h.problems == []
+
+
+def test_warnings_per_figure_and_thresholds():
+    h = judge(
+        ClassHealth(
+            "tint",
+            1,
+            "dog",
+            5,
+            200,
+            agreement=0.40,  # above the chance floor (0.257), below AGREEMENT_WARN
+            intended_prob=0.3,
+            ti_loss_init=0.08473,
+            ti_loss_final=0.08399,  # the issue's run: -0.9%
+            nti_psnr_db=12.0,
+            nti_psnr_space="image",
+            support_distance=0.30,
+            support_spread=0.05,  # 6x the class's own spread
+        )
+    )
+    assert h.status == "warn" and len(h.problems) == 4
+    assert "only 40.0%" in h.problems[0] and f"{100 * AGREEMENT_WARN:.0f}%" in h.problems[0]
+    assert "0.08473 -> 0.08399 (-0.9%, warning below a 2% drop" in h.problems[1]
+    assert "12.0 dB" in h.problems[2] and "below 20 dB" in h.problems[2]
+    assert "6.0x farther" in h.problems[3]
+    ok = judge(
+        ClassHealth(
+            "tint",
+            1,
+            "dog",
+            5,
+            200,
+            agreement=0.9,
+            intended_prob=0.8,
+            ti_loss_init=0.10,
+            ti_loss_final=0.08,
+            nti_psnr_db=25.0,
+            nti_psnr_space="image",
+            support_distance=0.08,
+            support_spread=0.05,
+        )
+    )
+    assert ok.status == "ok" and ok.problems == []
+
+
+def test_nti_psnr_prefers_the_recorded_image_figure_else_latent_mse():
+    lat = torch.tensor([[-1.0, 1.0]])  # peak-to-peak 2
+    assert nti_psnr({"nti_psnr_db": 27.5}, lat) == (27.5, "image")
+    assert nti_psnr({"stats": {"nti_psnr_db": [20.0, 30.0]}}, None) == (25.0, "image")
+    db, space = nti_psnr({"stats": {"inversion_recon_mse": [0.03, 0.05]}}, lat)
+    assert space == "latent" and db == pytest.approx(10 * math.log10(4 / 0.04))  # 20 dB
+    assert nti_psnr({"stats": {}}, lat) is None
+
+
+def test_leave_one_out_protonet_and_support_distances():
+    # Two tight classes along two axes; the last class-0 image sits on class 1's axis.
+    f = torch.tensor(
+        [[1, 0.1, 0], [1, -0.1, 0], [1, 0, 0.1], [0.1, 1, 0], [-0.1, 1, 0], [0, 1, 0.1], [0, 0, 1]]
+    )
+    y = torch.tensor([0, 0, 0, 1, 1, 1, 2])  # class 2 has one image: skipped
+    assert loo_protonet_accuracy(f, y, 3) == (6, 6)
+    f2 = f.clone()
+    f2[2] = torch.tensor([0.0, 1.0, 0.0])
+    assert loo_protonet_accuracy(f2, y, 3) == (5, 6)
+    fn = F.normalize(f, dim=-1)
+    synth = F.normalize(torch.tensor([[1.0, 0, 0], [0, 0, 1.0]]), dim=-1)
+    d = support_distances(synth, torch.tensor([0, 0]), fn, y, 3)
+    near = float((1 - synth[0] @ fn[:3].t()).min())
+    far = float((1 - synth[1] @ fn[:3].t()).min())
+    assert d[0][0] == pytest.approx((near + far) / 2)
+    assert d[0][1] is not None and d[2] == (None, None)
+
+
+class _FlatTeacher:
+    """Stands in for the ProtoNet teacher: features are the mean colour of the image."""
+
+    training = False
+
+    def eval(self):
+        return self
+
+    def train(self, mode=True):
+        return self
+
+    def _features_batched(self, x, batch_size):
+        return x.mean((2, 3))
+
+
+def test_assess_flags_the_class_drawn_at_chance_and_not_the_healthy_one(tmp_path):
+    ways, n = 3, 40
+    colours = torch.eye(3)  # class c is pure colour c
+    support = (colours.repeat_interleave(2, 0)[:, :, None, None].expand(6, 3, 8, 8) * 255).to(
+        torch.uint8
+    )
+    support_labels = torch.arange(3).repeat_interleave(2)
+    intended = torch.arange(ways).repeat_interleave(n)
+    synth = colours[intended][:, :, None, None].expand(-1, 3, 8, 8).clone()
+    # generator draws class 2 ("pig") as class 0's colour: the teacher says class 0.
+    synth[intended == 2] = colours[0][:, None, None]
+    probs = F.one_hot(synth.mean((2, 3)).argmax(1), ways).float()
+    report = assess(
+        teacher=_FlatTeacher(),
+        class_names=["cat", "dog", "pig"],
+        support=support,
+        support_labels=support_labels,
+        soft_labels={"tint": probs},
+        intended={"tint": intended},
+        synthetic={"tint": synth},
+        spec_dir=tmp_path / "none",
+        sources=["support", "synthetic:tint"],
+    )
+    by = {h.class_name: h for h in report.classes}
+    assert by["cat"].agreement == 1.0 and by["cat"].status == "ok"
+    assert by["pig"].agreement == 0.0 and by["pig"].status == "fail"
+    assert [h.class_name for h in report.failed] == ["pig"]
+    assert all("'pig'" in w for w in report.warnings())
+    d = report.to_dict()
+    assert d["generators"]["tint"]["agreement"] == pytest.approx(2 / 3)
+    assert d["generators"]["tint"]["failed_classes"] == ["pig"]
+    assert d["real_image_estimate"]["teacher_loo"] == {
+        "accuracy": 1.0,
+        "correct": 6,
+        "images": 6,
+        "method": "leave-one-out ProtoNet over the support images (teacher only)",
+    }
+    html = banner_html(d, "method tint")
+    assert 'class="health"' in html and "1 warning(s)" in html
+    assert "synthetic images from tint (fail, teacher agreement 66.7%)" in html
+
+
+def test_banner_without_warnings_and_with_holdout():
+    d = HealthReport(ways=2, class_names=["a", "b"], sources=["support", "base"]).to_dict()
+    d["real_image_estimate"] = {
+        "teacher_loo": {"accuracy": 0.75, "images": 8},
+        "holdout": {"images": 2, "student": 0.5, "teacher": 1.0},
+    }
+    html = banner_html(d)
+    assert "Health: no warnings" in html and "teacher-labelled base-class images" in html
+    assert "an estimate from few images" in html
+    assert "75.0% of 8 images" in html and "student 50.0%, teacher 100.0%" in html
+
+
+def test_hold_out_supports_removes_images_from_every_stage():
+    from tinyshot.pipeline.episode import EpisodeData
+
+    pil = [["a0", "a1", "a2"], ["b0", "b1"]]
+    data = EpisodeData(
+        class_names=["a", "b"],
+        support_pil=pil,
+        support=torch.arange(5).view(5, 1, 1, 1).expand(5, 3, 2, 2).to(torch.uint8),
+        support_labels=torch.tensor([0, 0, 0, 1, 1]),
+    )
+    rest, hx, hy = hold_out_supports(data, 1, seed=3)
+    assert [len(x) for x in rest.support_pil] == [2, 1] and hy.tolist() == [0, 1]
+    held_ids = set(hx[:, 0, 0, 0].tolist())
+    kept_ids = set(rest.support[:, 0, 0, 0].tolist())
+    assert held_ids.isdisjoint(kept_ids) and held_ids | kept_ids == {0, 1, 2, 3, 4}
+    names = ["a0", "a1", "a2", "b0", "b1"]
+    assert [names[i] for i in sorted(kept_ids)] == [p for x in rest.support_pil for p in x]
+    assert rest.support_labels.tolist() == [0, 0, 1]
+    with pytest.raises(ConfigError, match=r"\['b'\] have <= 2 images"):
+        hold_out_supports(data, 2, seed=3)
+
+
+def test_multi_episode_blocks_pool_agreement_and_count_failed_episodes():
+    def ep(a, status, loo):
+        return {
+            "sources": ["support", "synthetic:tint"],
+            "chance": 0.2,
+            "generators": {"tint": {"agreement": a, "chance": 0.2, "status": status}},
+            "warnings": [f"w{a}"] if status != "ok" else [],
+            "real_image_estimate": {"teacher_loo": {"correct": loo, "images": 10}},
+        }
+
+    out = combine_episodes([ep(0.2, "fail", 8), None, ep(0.6, "ok", 9)])
+    t = out["generators"]["tint"]
+    assert t["agreement"] == pytest.approx(0.4) and t["episodes"] == 2
+    assert t["episodes_failed"] == 1 and t["status"] == "fail"
+    assert out["warnings"] == ["episode 1: w0.2"]
+    assert out["real_image_estimate"]["teacher_loo"]["accuracy"] == pytest.approx(17 / 20)
+    bench = benchmark_health(
+        [
+            {
+                "methods": {
+                    "tint": {"accuracy": 0.8, "health": ep(0.3, "warn", 0)["generators"]["tint"]}
+                }
+            },
+            {"methods": {"tint": {"accuracy": 0.8}}},
+        ]
+    )
+    assert bench["generators"]["tint"]["episodes_warned"] == 1
+    assert bench["generators"]["tint"]["agreement"] == pytest.approx(0.3)
