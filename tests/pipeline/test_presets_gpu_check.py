@@ -71,7 +71,7 @@ def test_help_lists_presets(command, capsys):
     assert "--preset" in out and "paper" in out and "demo" in out
 
 
-def test_gpu_check_small_on_cpu(tmp_path):
+def test_gpu_check_small_on_cpu(tmp_path, capsys):
     from tinyshot.pipeline.gpu_check import run_gpu_check
 
     report = run_gpu_check(
@@ -107,3 +107,8 @@ def test_gpu_check_small_on_cpu(tmp_path):
     assert Path(stored["fit"]["onnx"]).is_file() and stored["fit"]["onnx_bytes"] > 0
     assert (tmp_path / "models" / "sd15" / "model_index.json").is_file()
     assert (tmp_path / "models" / "dino-vitb16" / "config.json").is_file()
+    from tinyshot.pipeline.gpu_check import _print_summary
+
+    _print_summary(stored)
+    out = capsys.readouterr().out
+    assert out.startswith("device: cpu (CPU)") and "fit: " in out and "ONNX" in out
