@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from torch import nn
 
 from tinyshot.errors import ConfigError, ModelError
 from tinyshot.utils.device import resolve_device, resolve_dtype
-from tinyshot.utils.logging import get_logger
+from tinyshot.utils.logging import get_logger, quiet_weight_loading
 
 log = get_logger("diffusion")
 
@@ -309,9 +310,23 @@ def load_diffusion_model(
     src = str(path_or_hub_id)
     path = Path(src).expanduser()
     if path.exists():
-        return _load_local(path, dev, dt)
-    if _HUB_ID.match(src) and not src.startswith((".", "/", "~")):
-        return _load_hub(src, dev, dt)
+        load, what = _load_local, path
+    elif _HUB_ID.match(src) and not src.startswith((".", "/", "~")):
+        load, what = _load_hub, src
+    else:
+        load = None
+    if load is not None:
+        t0 = time.perf_counter()
+        with quiet_weight_loading():  # one tinyshot line instead of a bar per component
+            model = load(what, dev, dt)  # type: ignore[arg-type]
+        log.info(
+            "loaded diffusion model %s (%s, %s) in %.1f s",
+            Path(src).name or src,
+            dev,
+            str(dt).replace("torch.", ""),
+            time.perf_counter() - t0,
+        )
+        return model
     raise ModelError(f"{src}: model folder not found (expected a diffusers folder or a hub id)")
 
 

@@ -38,10 +38,12 @@ from tinyshot.pipeline.episode import (
 from tinyshot.utils.io import read_json, write_json
 from tinyshot.utils.logging import get_logger, setup_logging
 from tinyshot.utils.seed import derive_seed
+from tinyshot.utils.timing import StageTimes
 
 log = get_logger("pipeline.fit")
 
 HOLDOUT_FRACTION = 0.1  # synthetic images held out to draw the teacher-agreement curve
+VAL_NAME = "agreement with the teacher on held-out synthetic images"
 
 
 def default_fit_config() -> PipelineConfig:
@@ -86,10 +88,6 @@ def fit(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Specialize -> generate -> pseudo-label -> distill -> export; returns the fit summary."""
-    from tinyshot.distill.pseudo_label import pseudo_label
-    from tinyshot.models.export import export_onnx
-    from tinyshot.pipeline.report_builder import build_fit_report
-
     config = (config or default_fit_config()).validate()
     students = [m for m in config.methods if m != "teacher"]
     if len(students) != 1:
@@ -114,6 +112,25 @@ def fit(
             "use a new --out folder (or the same options to resume)"
         )
     write_json(stored, record)
+    times = StageTimes(out)  # seconds per stage summed over attempts (resumes add up)
+    times.add("attempts", 1)
+    with times.stage("wall_s"):
+        return _fit_stages(data_dir, out, config, method, base, seed, times)
+
+
+def _fit_stages(
+    data_dir: str | Path,
+    out: Path,
+    config: PipelineConfig,
+    method: str,
+    base: str | None,
+    seed: int,
+    times: StageTimes,
+) -> dict[str, Any]:
+    from tinyshot.distill.pseudo_label import pseudo_label
+    from tinyshot.models.export import export_onnx
+    from tinyshot.pipeline.report_builder import build_fit_report
+
     t_start = time.perf_counter()
     data = _load_user_classes(data_dir, config)
     write_json(out / "classes.json", data.class_names)
@@ -152,15 +169,17 @@ def fit(
             hold, keep = perm[:n_hold], perm[n_hold:]
             val = (x[hold], labels[g][hold].argmax(1))
             synthetic[g], labels[g] = x[keep], labels[g][keep]
-    timings["teacher_s"] = time.perf_counter() - t0
+    times.add("teacher_s", time.perf_counter() - t0)
+    timings["teacher_s"] = times.get("teacher_s")
     del teacher
 
-    t0 = time.perf_counter()
-    pretrained = pretrained_student_path(base_ds, config)
-    student, result = distill_student(
-        method, data, labels, synthetic, pretrained, config, out / "student", seed, val
-    )
-    timings["distill_s"] = time.perf_counter() - t0
+    with times.stage("distill_s"):
+        pretrained = pretrained_student_path(base_ds, config)
+        student, result = distill_student(
+            method, data, labels, synthetic, pretrained, config, out / "student", seed, val,
+            val_name=VAL_NAME,
+        )  # fmt: skip
+    timings["distill_s"] = times.get("distill_s")
     onnx_path = export_onnx(student.eval(), out / "model.onnx", data.class_names)
     summary = {
         "format": "tinyshot.fit",
@@ -174,7 +193,8 @@ def fit(
         "model": str(onnx_path),
         "teacher_agreement_on_heldout_synthetic": result.final_val_acc,
         "timings": timings,
-        "wall_seconds": time.perf_counter() - t_start,
+        "wall_seconds": times.get("wall_s", running_since=t_start),
+        "attempts": int(times.get("attempts")),
     }
     write_json(out / "fit.json", summary)
     build_fit_report(out, summary, data, config)

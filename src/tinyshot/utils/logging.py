@@ -189,6 +189,28 @@ def progress(
 
 
 @contextlib.contextmanager
+def quiet_weight_loading() -> Iterator[None]:
+    """Silence the bars transformers and diffusers draw for every from_pretrained (a fit loads
+    the generator several times); the caller logs one tinyshot line instead."""
+    import importlib
+
+    silenced = []
+    for name in ("transformers.utils.logging", "diffusers.utils.logging"):
+        try:
+            mod = importlib.import_module(name)
+        except Exception:  # not installed, or broken: nothing to silence
+            continue
+        if mod.is_progress_bar_enabled():
+            mod.disable_progress_bar()
+            silenced.append(mod)
+    try:
+        yield
+    finally:
+        for mod in silenced:
+            mod.enable_progress_bar()
+
+
+@contextlib.contextmanager
 def log_to(run_dir: str | Path) -> Iterator[None]:
     """Also log to run_dir/log.txt, for the duration of one stage only.
 
