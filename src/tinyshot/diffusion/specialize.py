@@ -143,6 +143,7 @@ def specialize(
     _claim(out, _fingerprint(model, cfg, class_names, [len(x) for x in images_per_class], digest))
     if all(artifact_done(out, c) for c in range(n)):
         log.info("%s: all %d classes already specialized", out, n)
+        _drop_chunks(out, n)
         return load_artifacts(out)
 
     template = _template(model, cfg)
@@ -321,12 +322,26 @@ def _invert_in_chunks(
                 art = make_artifact(c, _gather(parts.pop(c)), seconds[c], len(chunks[0]))
                 art.save(out)
                 results[c] = art
-    if all(artifact_done(out, c) for c in range(n)) and chunk_dir.is_dir():
+    errors = [
+        float(v) for r in results if r is not None for v in r.meta["stats"]["inversion_recon_mse"]
+    ]
+    if errors:
+        log.info(
+            "%s inversion: %d images, latent reconstruction MSE mean %.2e (max %.2e)",
+            cfg.inversion.upper(), len(errors), sum(errors) / len(errors), max(errors),
+        )  # fmt: skip
+    _drop_chunks(out, n)
+    return results
+
+
+def _drop_chunks(out: Path, n: int) -> None:
+    """Once every class is saved, the kept inversion batches are no longer needed."""
+    chunk_dir = out / CHUNK_DIR
+    if chunk_dir.is_dir() and all(artifact_done(out, c) for c in range(n)):
         for f in chunk_dir.glob("*.safetensors"):
             f.unlink()
         with contextlib.suppress(OSError):
             chunk_dir.rmdir()
-    return results
 
 
 def _gather(rows: dict[int, tuple[InversionResult, int]]) -> InversionResult:
