@@ -269,6 +269,12 @@ def _invert_in_chunks(
     chunk_dir = out / CHUNK_DIR
     todo = [i for i, ch in enumerate(chunks) if any(c in need for c, _ in ch)]
     inner_bars = show_progress if show_progress is not None else (bars_on_terminal() or False)
+    if todo:
+        left = sum(len(chunks[i]) for i in todo)
+        log.info(
+            "%s inversion: %d images in %d batches of up to %d, each kept when it finishes",
+            cfg.inversion.upper(), left, len(todo), len(chunks[0]),
+        )  # fmt: skip
     bar = progress(
         todo,
         desc=f"{'null-text' if cfg.inversion == 'nti' else 'negative-prompt'} inversion",
