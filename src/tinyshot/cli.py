@@ -50,20 +50,22 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
+    from tinyshot.utils.interrupt import exit_code, sigterm_raises
     from tinyshot.utils.logging import setup_logging
 
     setup_logging(verbose=args.verbose)
     try:
-        result = args.func(args)
+        with sigterm_raises():  # SIGTERM unwinds like Ctrl-C
+            result = args.func(args)
     except TinyshotError as e:
         print(f"tinyshot {args.command}: error: {e}", file=sys.stderr)
         return int(getattr(e, "exit_code", 2))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C (exit 130) or SIGTERM (exit 143)
         print(
             f"tinyshot {args.command}: interrupted; finished work is kept, rerun to resume",
             file=sys.stderr,
         )
-        return 130
+        return exit_code(e)
     return int(result or 0)
 
 

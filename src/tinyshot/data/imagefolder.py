@@ -116,7 +116,7 @@ def validate_images(
     """Decode every item once; raise one DataError that lists all unreadable items."""
     idx = range(len(ds)) if indices is None else indices
     bad: list[str] = []
-    for i in progress(idx, desc=f"checking {ds.name} images", total=len(idx)):
+    for i in progress(idx, desc=f"checking {ds.name} images", total=len(idx), unit="image"):
         try:
             if isinstance(ds, FileDataset):
                 open_rgb(ds.root / ds.paths[int(i)], min_side=min_side)

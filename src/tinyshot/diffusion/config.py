@@ -31,7 +31,8 @@ class SpecializeConfig:
     ti_optimizer: str = "adamw"
     ti_weight_decay: float = 1e-2
     ti_batch_size: int = 1
-    ti_checkpoint_every: int = 500
+    ti_checkpoint_every: int = 0  # steps between TI checkpoints; 0 = every 10% of ti_steps
+    ti_checkpoint_seconds: float = 60.0  # ... or after this many seconds, whichever comes first
     t_min: int = 250
     t_max: int = 1000
     init_token: str = "object"
@@ -41,7 +42,7 @@ class SpecializeConfig:
     nti_lr: float = 1e-2
     nti_lr_decay: bool = True
     nti_early_stop: float = 1e-5
-    inversion_batch_size: int = 0
+    inversion_batch_size: int = 8  # images per inversion batch, saved as each finishes; 0 = all
     guidance: float = 7.5
     num_inference_steps: int = 50
     timestep_spacing: str | None = None
@@ -59,7 +60,8 @@ class SpecializeConfig:
         need(self.ti_lr > 0, f"ti_lr must be > 0, got {self.ti_lr}")
         need(self.ti_optimizer in OPTIMIZERS, f"ti_optimizer must be one of {OPTIMIZERS}")
         need(self.ti_batch_size >= 1, "ti_batch_size must be >= 1")
-        need(self.ti_checkpoint_every >= 1, "ti_checkpoint_every must be >= 1")
+        need(self.ti_checkpoint_every >= 0, "ti_checkpoint_every must be >= 0 (0 = 10%)")
+        need(self.ti_checkpoint_seconds > 0, "ti_checkpoint_seconds must be > 0")
         need(
             0 <= self.t_min < self.t_max <= 1000,
             f"need 0 <= t_min < t_max <= 1000, got t_min={self.t_min}, t_max={self.t_max}",

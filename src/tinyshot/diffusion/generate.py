@@ -313,7 +313,9 @@ def generate(
     made = 0
     bar = progress(
         todo,
-        desc=f"generate ({method})",
+        desc=f"image generation ({method})",
+        unit="batch",
+        logger=log,
         total=len(todo),
         disable=None if show_progress is None else not show_progress,
     )

@@ -11,7 +11,10 @@ import json
 import re
 import shutil
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,7 @@ from torch import nn
 
 from tinyshot.errors import ConfigError, ModelError
 from tinyshot.utils.device import resolve_device, resolve_dtype
-from tinyshot.utils.logging import get_logger
+from tinyshot.utils.logging import get_logger, quiet_weight_loading
 
 log = get_logger("diffusion")
 
@@ -318,12 +321,25 @@ def load_diffusion_model(
     dt = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, dev)
     src = str(path_or_hub_id)
     path = Path(src).expanduser()
+    load: Callable[[], DiffusionModel] | None = None
     if path.is_file() and path.suffix.lower() in SINGLE_FILE_SUFFIXES:
-        return _load_single_file(path, dev, dt, single_file_config)
-    if path.exists():
-        return _load_local(path, dev, dt)
-    if _HUB_ID.match(src) and not src.startswith((".", "/", "~")):
-        return _load_hub(src, dev, dt)
+        load = partial(_load_single_file, path, dev, dt, single_file_config)
+    elif path.exists():
+        load = partial(_load_local, path, dev, dt)
+    elif _HUB_ID.match(src) and not src.startswith((".", "/", "~")):
+        load = partial(_load_hub, src, dev, dt)
+    if load is not None:
+        t0 = time.perf_counter()
+        with quiet_weight_loading():  # one tinyshot line instead of a bar per component
+            model = load()
+        log.info(
+            "loaded diffusion model %s (%s, %s) in %.1f s",
+            Path(src).name or src,
+            dev,
+            str(dt).replace("torch.", ""),
+            time.perf_counter() - t0,
+        )
+        return model
     raise ModelError(f"{src}: model folder not found ({EXPECTED_LAYOUT}, or a hub id)")
 
 

@@ -31,7 +31,7 @@ from tinyshot.errors import ConfigError, DataError, ModelError, TrainingError
 from tinyshot.utils.checkpoint import load_checkpoint, restore, save_checkpoint
 from tinyshot.utils.device import resolve_device
 from tinyshot.utils.io import atomic_write, write_json
-from tinyshot.utils.logging import get_logger, progress, setup_logging
+from tinyshot.utils.logging import get_logger, progress, quiet_weight_loading, setup_logging
 from tinyshot.utils.seed import derive_seed, seed_everything, torch_generator
 
 log = get_logger("diffusion.pretrain")
@@ -634,8 +634,9 @@ def load_generator(model_dir: str | Path | None = None, dtype: torch.dtype = tor
             raise ModelError(f"{model_dir}: not a generator folder ({sub}/ missing)")
     info_path = model_dir / "tinyshot.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    unet = UNet2DConditionModel.from_pretrained(model_dir / "unet", torch_dtype=dtype).eval()
-    text = CLIPTextModel.from_pretrained(model_dir / "text_encoder", dtype=dtype).eval()
+    with quiet_weight_loading():
+        unet = UNet2DConditionModel.from_pretrained(model_dir / "unet", torch_dtype=dtype).eval()
+        text = CLIPTextModel.from_pretrained(model_dir / "text_encoder", dtype=dtype).eval()
     tokenizer = load_clip_tokenizer(model_dir / "tokenizer")
     scheduler = DDIMScheduler.from_pretrained(model_dir / "scheduler")
     return unet, text, tokenizer, scheduler, info

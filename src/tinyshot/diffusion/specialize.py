@@ -1,13 +1,15 @@
 """Specialize a diffusion model on an episode: TI for all N classes in one run, then DDIM +
-null-text (or negative-prompt) inversion of every support image, batched.
+null-text (or negative-prompt) inversion of every support image, in batches of a few images.
 
-Resumable: the TI checkpoint (ti_state.pt) and the finished tokens (tokens.safetensors) are
-kept, and classes whose artifacts exist are not inverted again. specialize.json fingerprints
-the settings and inputs so a resume never mixes two different runs.
+Resumable at the item: the TI checkpoint (ti_state.pt, every 10% of the steps or 60 s and on
+interrupt), the finished tokens (tokens.safetensors), each finished inversion batch
+(inversion/<batch>.safetensors) and each finished class are kept and not computed again.
+specialize.json fingerprints the settings and inputs so a resume never mixes two runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from pathlib import Path
@@ -19,7 +21,11 @@ from PIL import Image
 from tinyshot.diffusion.artifacts import ClassArtifact, artifact_done, load_artifacts
 from tinyshot.diffusion.config import SpecializeConfig
 from tinyshot.diffusion.ddim import make_schedule, resolve_spacing
-from tinyshot.diffusion.inversion import negative_prompt_inversion, null_text_inversion
+from tinyshot.diffusion.inversion import (
+    InversionResult,
+    negative_prompt_inversion,
+    null_text_inversion,
+)
 from tinyshot.diffusion.model import DiffusionModel
 from tinyshot.diffusion.textual_inversion import (
     encode_token_prompts,
@@ -30,7 +36,7 @@ from tinyshot.diffusion.textual_inversion import (
 from tinyshot.diffusion.upscale import prepare_images
 from tinyshot.errors import ConfigError, DataError
 from tinyshot.utils.io import atomic_write, read_json, write_json
-from tinyshot.utils.logging import get_logger
+from tinyshot.utils.logging import bars_on_terminal, get_logger, progress
 
 log = get_logger("diffusion.specialize")
 
@@ -68,6 +74,10 @@ def _check_inputs(images_per_class: list[list[Image.Image]], class_names: list[s
             raise DataError(f"class {name!r} has no images")
 
 
+# How often TI checkpoints: it changes no result (resume is bit-exact), so a resume may change it.
+NOT_FINGERPRINTED = ("ti_checkpoint_every", "ti_checkpoint_seconds")
+
+
 def _fingerprint(
     model: DiffusionModel,
     cfg: SpecializeConfig,
@@ -76,7 +86,7 @@ def _fingerprint(
     digest: str,
 ) -> dict[str, Any]:
     return {
-        "config": cfg.to_dict(),
+        "config": {k: v for k, v in cfg.to_dict().items() if k not in NOT_FINGERPRINTED},
         "class_names": list(class_names),
         "num_images": counts,
         "images_sha256": digest,
@@ -89,6 +99,8 @@ def _claim(out_dir: Path, fp: dict[str, Any]) -> None:
     path = out_dir / "specialize.json"
     if path.is_file():
         old = read_json(path)
+        if isinstance(old.get("config"), dict):
+            old["config"] = {k: v for k, v in old["config"].items() if k not in NOT_FINGERPRINTED}
         diff = sorted(k for k in fp if old.get(k) != fp[k])
         if diff:
             detail = diff
@@ -131,6 +143,7 @@ def specialize(
     _claim(out, _fingerprint(model, cfg, class_names, [len(x) for x in images_per_class], digest))
     if all(artifact_done(out, c) for c in range(n)):
         log.info("%s: all %d classes already specialized", out, n)
+        _drop_chunks(out, n)
         return load_artifacts(out)
 
     template = _template(model, cfg)
@@ -171,77 +184,182 @@ def specialize(
         cond = encode_token_prompts(model, template, tokens, vectors)
     spacing = resolve_spacing(model, cfg.timestep_spacing)
     schedule = make_schedule(model, cfg.num_inference_steps, spacing)
-    todo = [c for c in range(n) if not artifact_done(out, c)]
-    results: list[ClassArtifact | None] = [None] * n
-    for group in _groups(todo, [len(latents[c]) for c in range(n)], cfg.inversion_batch_size):
-        t2 = time.perf_counter()
-        z0 = torch.cat([latents[c] for c in group])
-        owner = torch.cat([torch.full((len(latents[c]),), c) for c in group])
-        c_batch = cond[owner.to(cond.device)]
-        if cfg.inversion == "nti":
-            res = null_text_inversion(
-                model,
-                z0,
-                c_batch,
-                schedule,
-                cfg.guidance,
-                cfg.nti_inner_steps,
-                cfg.nti_lr,
-                cfg.nti_lr_decay,
-                cfg.nti_early_stop,
-                show_progress,
-            )
-        else:
-            res = negative_prompt_inversion(model, z0, c_batch, schedule, cfg.guidance)
-        inv_s = time.perf_counter() - t2
-        log.info(
-            "%s inversion of %d images: %.1f s, latent reconstruction MSE %.2e (max %.2e)",
-            cfg.inversion.upper(),
-            len(z0),
-            inv_s,
-            res.recon_error.mean(),
-            res.recon_error.max(),
-        )
-        for c in group:
-            rows = (owner == c).nonzero().flatten()
-            art = ClassArtifact(
-                class_index=c,
-                class_name=class_names[c],
-                token=tokens[c],
-                prompt_template=template,
-                token_embedding=vectors[c].detach().float().cpu().clone(),
-                z_T=res.z_T[rows.to(res.z_T.device)].float().cpu().clone(),
-                null_embeddings=res.null_embeddings[rows.to(res.z_T.device)].float().cpu().clone(),
-                support_latents=latents[c].float().cpu().clone(),
-                timesteps=schedule.timesteps.clone(),
-                meta=_meta(
-                    model, cfg, spacing, c, before, after, res, rows, timing, inv_s, len(z0)
-                ),
-            )
-            art.save(out)
-            results[c] = art
+    results = _invert_in_chunks(
+        model, cfg, out, latents, cond, schedule, n, show_progress,
+        lambda c, res, inv_s, chunk: ClassArtifact(
+            class_index=c,
+            class_name=class_names[c],
+            token=tokens[c],
+            prompt_template=template,
+            token_embedding=vectors[c].detach().float().cpu().clone(),
+            z_T=res.z_T.float().cpu().clone(),
+            null_embeddings=res.null_embeddings.float().cpu().clone(),
+            support_latents=latents[c].float().cpu().clone(),
+            timesteps=schedule.timesteps.clone(),
+            meta=_meta(
+                model, cfg, spacing, c, before, after, res, torch.arange(len(res.z_T)),
+                timing, inv_s, chunk,
+            ),
+        ),
+    )  # fmt: skip
     log.info("specialization finished in %.1f s -> %s", time.perf_counter() - t0, out)
     return [
         r if r is not None else ClassArtifact.load(out / f"{c}.json") for c, r in enumerate(results)
     ]
 
 
-def _groups(todo: list[int], sizes: list[int], batch: int) -> list[list[int]]:
-    """Whole classes per inversion batch (so each batch ends with finished artifacts)."""
-    if batch <= 0:
-        return [todo] if todo else []
-    groups: list[list[int]] = []
-    cur: list[int] = []
-    total = 0
-    for c in todo:
-        if cur and total + sizes[c] > batch:
-            groups.append(cur)
-            cur, total = [], 0
-        cur.append(c)
-        total += sizes[c]
-    if cur:
-        groups.append(cur)
-    return groups
+CHUNK_DIR = "inversion"  # finished inversion batches of a class not yet saved as an artifact
+
+
+def _chunks(sizes: list[int], batch: int) -> list[list[tuple[int, int]]]:
+    """(class, image) pairs of all support images in order, cut every `batch` images (0 = one
+    batch). The cuts depend on the episode and config alone, so a resumed run inverts exactly
+    the batches an uninterrupted one would (a batch's numbers depend on its company)."""
+    items = [(c, k) for c, size in enumerate(sizes) for k in range(size)]
+    step = batch if batch > 0 else max(1, len(items))
+    return [items[i : i + step] for i in range(0, len(items), step)]
+
+
+def _save_chunk(path: Path, res: InversionResult, seconds: float) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {
+        "z_T": res.z_T.float().cpu().contiguous(),
+        "null_embeddings": res.null_embeddings.float().cpu().contiguous(),
+        "recon_error": res.recon_error.float().cpu().contiguous(),
+        "inner_steps": res.inner_steps.cpu().contiguous(),
+    }
+    meta = {"seconds": repr(seconds)}
+    atomic_write(path, lambda p: save_file(tensors, p, metadata=meta))
+
+
+def _load_chunk(path: Path) -> tuple[InversionResult, float] | None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+            seconds = float((f.metadata() or {}).get("seconds", "0"))
+        res = InversionResult(t["z_T"], t["null_embeddings"], t["recon_error"], t["inner_steps"])
+    except Exception as e:  # a foreign or damaged file: invert that batch again
+        log.warning("%s: unreadable inversion batch (%s); inverting it again", path, e)
+        return None
+    return res, seconds
+
+
+def _invert_in_chunks(
+    model: DiffusionModel,
+    cfg: SpecializeConfig,
+    out: Path,
+    latents: list[torch.Tensor],
+    cond: torch.Tensor,
+    schedule: Any,
+    n: int,
+    show_progress: bool | None,
+    make_artifact: Any,
+) -> list[ClassArtifact | None]:
+    """Invert the support images batch by batch; each finished batch is kept in
+    out/inversion/<batch>.safetensors, and a class becomes an artifact as soon as all of its
+    images are inverted. An interrupted run loses at most the batch in progress."""
+    chunks = _chunks([len(z) for z in latents], cfg.inversion_batch_size)
+    need = {c for c in range(n) if not artifact_done(out, c)}
+    results: list[ClassArtifact | None] = [None] * n
+    parts: dict[int, dict[int, tuple[InversionResult, int]]] = {c: {} for c in need}
+    seconds: dict[int, float] = dict.fromkeys(need, 0.0)
+    chunk_dir = out / CHUNK_DIR
+    todo = [i for i, ch in enumerate(chunks) if any(c in need for c, _ in ch)]
+    inner_bars = show_progress if show_progress is not None else (bars_on_terminal() or False)
+    if todo:
+        left = sum(len(chunks[i]) for i in todo)
+        log.info(
+            "%s inversion: %d images in %d batches of up to %d, each kept when it finishes",
+            cfg.inversion.upper(), left, len(todo), len(chunks[0]),
+        )  # fmt: skip
+    bar = progress(
+        todo,
+        desc=f"{'null-text' if cfg.inversion == 'nti' else 'negative-prompt'} inversion",
+        total=len(chunks),
+        initial=len(chunks) - len(todo),
+        unit="batch",
+        disable=None if show_progress is None else not show_progress,
+        logger=log,
+    )
+    for i in bar:
+        chunk = chunks[i]
+        path = chunk_dir / f"{i:04d}.safetensors"
+        loaded = _load_chunk(path) if path.is_file() else None
+        if loaded is not None:
+            res, inv_s = loaded
+        else:
+            t2 = time.perf_counter()
+            z0 = torch.stack([latents[c][k] for c, k in chunk])
+            owner = torch.tensor([c for c, _ in chunk])
+            c_batch = cond[owner.to(cond.device)]
+            if cfg.inversion == "nti":
+                res = null_text_inversion(
+                    model,
+                    z0,
+                    c_batch,
+                    schedule,
+                    cfg.guidance,
+                    cfg.nti_inner_steps,
+                    cfg.nti_lr,
+                    cfg.nti_lr_decay,
+                    cfg.nti_early_stop,
+                    inner_bars,
+                )
+            else:
+                res = negative_prompt_inversion(model, z0, c_batch, schedule, cfg.guidance)
+            inv_s = time.perf_counter() - t2
+            chunk_dir.mkdir(exist_ok=True)
+            _save_chunk(path, res, inv_s)
+            log.debug(
+                "%s inversion of %d images: %.1f s, latent reconstruction MSE %.2e (max %.2e)",
+                cfg.inversion.upper(), len(z0), inv_s,
+                res.recon_error.mean(), res.recon_error.max(),
+            )  # fmt: skip
+        bar.set_postfix(**{"reconstruction MSE": f"{float(res.recon_error.mean()):.2e}"})
+        for row, (c, k) in enumerate(chunk):
+            if c in need:
+                parts[c][k] = (res, row)
+        for c in {c for c, _ in chunk if c in need}:
+            seconds[c] += inv_s
+            if len(parts[c]) == len(latents[c]):
+                art = make_artifact(c, _gather(parts.pop(c)), seconds[c], len(chunks[0]))
+                art.save(out)
+                results[c] = art
+    errors = [
+        float(v) for r in results if r is not None for v in r.meta["stats"]["inversion_recon_mse"]
+    ]
+    if errors:
+        log.info(
+            "%s inversion: %d images, latent reconstruction MSE mean %.2e (max %.2e)",
+            cfg.inversion.upper(), len(errors), sum(errors) / len(errors), max(errors),
+        )  # fmt: skip
+    _drop_chunks(out, n)
+    return results
+
+
+def _drop_chunks(out: Path, n: int) -> None:
+    """Once every class is saved, the kept inversion batches are no longer needed."""
+    chunk_dir = out / CHUNK_DIR
+    if chunk_dir.is_dir() and all(artifact_done(out, c) for c in range(n)):
+        for f in chunk_dir.glob("*.safetensors"):
+            f.unlink()
+        with contextlib.suppress(OSError):
+            chunk_dir.rmdir()
+
+
+def _gather(rows: dict[int, tuple[InversionResult, int]]) -> InversionResult:
+    """One class's images, in order, from the batches that inverted them."""
+    picked = [rows[k] for k in sorted(rows)]
+
+    def cat(name: str) -> torch.Tensor:
+        return torch.stack([getattr(res, name)[r].cpu() for res, r in picked])
+
+    return InversionResult(
+        cat("z_T"), cat("null_embeddings"), cat("recon_error"), cat("inner_steps")
+    )
 
 
 def _meta(

@@ -8,7 +8,10 @@ not averaged, over classes: token n gets exactly the gradient of a separate run 
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import math
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -100,6 +103,11 @@ def _optimizer(params: list[torch.Tensor], cfg: SpecializeConfig) -> torch.optim
     return torch.optim.Adam(params, lr=cfg.ti_lr)
 
 
+def checkpoint_every_steps(cfg: SpecializeConfig) -> int:
+    """TI checkpoint interval in steps: cfg.ti_checkpoint_every, or 10% of the run if 0."""
+    return cfg.ti_checkpoint_every or max(1, math.ceil(cfg.ti_steps / 10))
+
+
 def train_tokens(
     model: DiffusionModel,
     latents: list[torch.Tensor],
@@ -110,8 +118,10 @@ def train_tokens(
 ) -> torch.Tensor:
     """Learn one token vector per class from its support latents; returns (N, D) fp32.
 
-    A checkpoint (vectors, optimizer state, step) is written to state_path every
-    cfg.ti_checkpoint_every steps; an existing one is resumed bit-exactly.
+    A checkpoint (vectors, optimizer state, step, torch RNG state) is written to state_path
+    every checkpoint_every_steps(cfg) steps or cfg.ti_checkpoint_seconds, whichever comes
+    first, and when the run is interrupted (Ctrl-C, SIGTERM) between two steps; an existing one
+    is resumed bit-exactly (each step's draws come from seeds of (seed, step, class) alone).
     """
     n = len(latents)
     tokens = placeholder_tokens(n)
@@ -127,37 +137,63 @@ def train_tokens(
         with torch.no_grad():
             vectors.copy_(state["vectors"])
         opt.load_state_dict(state["optimizer"])
+        if "rng" in state:
+            torch.set_rng_state(state["rng"].cpu())
         start = int(state["step"])
-        log.info("resuming textual inversion at step %d/%d", start, cfg.ti_steps)
+        log.info("textual inversion: resuming at step %d/%d", start, cfg.ti_steps)
     prompt_ids = model.tokenize([template.format(t) for t in tokens])
     per = cfg.ti_batch_size
-    for step in progress(
+    every = checkpoint_every_steps(cfg)
+    saved, saved_at = start, time.monotonic()
+    recent: collections.deque[float] = collections.deque(maxlen=max(1, cfg.ti_steps // 10))
+    bar = progress(
         range(start, cfg.ti_steps),
         desc="textual inversion",
-        total=cfg.ti_steps - start,
+        total=cfg.ti_steps,
+        initial=start,
         disable=None if show_progress is None else not show_progress,
-    ):
-        z0, t, noise = _draw(latents, per, cfg, step)
-        with injected_tokens(model, ids, vectors):
-            cond = model.text_encoder(prompt_ids)[0].float()
-        cond = cond.repeat_interleave(per, 0)
-        losses = diffusion_loss(model, z0, cond, t, noise.to(model.device))
-        loss = losses.view(n, per).mean(1).sum()
-        if not torch.isfinite(loss):
-            raise TrainingError(f"textual inversion diverged at step {step} (loss {loss.item()})")
-        opt.zero_grad(set_to_none=True)
-        (loss * loss_scale(model)).backward()
-        opt.step()
-        done = step + 1
-        if state_path is not None and (done % cfg.ti_checkpoint_every == 0) and done < cfg.ti_steps:
+        logger=log,
+    )
+    done = start  # steps whose update is fully applied to vectors and optimizer state
+    try:
+        for step in bar:
+            z0, t, noise = _draw(latents, per, cfg, step)
+            with injected_tokens(model, ids, vectors):
+                cond = model.text_encoder(prompt_ids)[0].float()
+            cond = cond.repeat_interleave(per, 0)
+            losses = diffusion_loss(model, z0, cond, t, noise.to(model.device))
+            loss = losses.view(n, per).mean(1).sum()
+            loss_val = float(loss.item())
+            if not math.isfinite(loss_val):
+                raise TrainingError(f"textual inversion diverged at step {step} (loss {loss_val})")
+            opt.zero_grad(set_to_none=True)
+            (loss * loss_scale(model)).backward()
+            done = -1  # an interrupt inside opt.step would leave a half-applied update
+            opt.step()
+            done = step + 1
+            recent.append(loss_val / n)
+            bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
+            due = done - saved >= every or time.monotonic() - saved_at >= cfg.ti_checkpoint_seconds
+            if state_path is not None and due and done < cfg.ti_steps:
+                _save_state(state_path, vectors, opt, done)
+                saved, saved_at = done, time.monotonic()
+            if done % max(1, cfg.ti_steps // 10) == 0:
+                log.debug("TI step %d/%d loss per class %.5f", done, cfg.ti_steps, loss_val / n)
+    except KeyboardInterrupt:
+        if state_path is not None and done > saved and done < cfg.ti_steps:
             _save_state(state_path, vectors, opt, done)
-        if done % max(1, cfg.ti_steps // 10) == 0:
-            log.debug("TI step %d/%d loss per class %.5f", done, cfg.ti_steps, loss.item() / n)
+            log.info("textual inversion: interrupted, step %d/%d kept", done, cfg.ti_steps)
+        raise
     return vectors.detach().clone()
 
 
 def _save_state(path: Path, vectors: torch.Tensor, opt: torch.optim.Optimizer, step: int) -> None:
-    state = {"vectors": vectors.detach().cpu(), "optimizer": opt.state_dict(), "step": step}
+    state = {
+        "vectors": vectors.detach().cpu(),
+        "optimizer": opt.state_dict(),
+        "step": step,
+        "rng": torch.get_rng_state(),
+    }
     atomic_write(path, lambda p: torch.save(state, p))
 
 

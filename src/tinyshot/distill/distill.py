@@ -256,6 +256,7 @@ def distill(
     resume: bool = True,
     stop_after: int | None = None,
     on_step: Callable[[int], None] | None = None,
+    val_name: str = "accuracy on held-out images",
 ) -> DistillResult:
     """Train `student` in place on the enabled sources; returns the final validation accuracy.
 
@@ -264,7 +265,9 @@ def distill(
     float in [0,1]; they are kept as uint8 at the student's input size. `val` is a held-out
     query subset evaluated every `eval_every` iterations (the accuracy curve).
     `stop_after` ends the run early (after a checkpoint) at that iteration; `on_step(step)`
-    is called after every iteration (tests use it to simulate a kill).
+    is called after every iteration (tests use it to simulate a kill). `val_name` says what
+    `val` measures, in the log's words (e.g. "agreement with the teacher on held-out synthetic
+    images" when its labels are the teacher's).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -281,6 +284,7 @@ def distill(
             resume,
             stop_after,
             on_step,
+            val_name,
         )
 
 
@@ -296,6 +300,7 @@ def _distill(
     resume: bool,
     stop_after: int | None,
     on_step: Callable[[int], None] | None,
+    val_name: str = "accuracy on held-out images",
 ) -> DistillResult:
     num_classes = int(getattr(student, "num_classes", 0))
     if num_classes < 1:
@@ -419,20 +424,23 @@ def _distill(
         history["curve"].append(entry)
         acc = _fresh_acc(sources)
         write_json(run_dir / "history.json", history)
-        log.info(
-            "step %d/%d  loss %s  val_acc %s",
-            step,
-            config.iterations,
-            f"{entry['loss']:.4f}" if "loss" in entry else "-",
-            f"{entry['val_acc']:.4f}" if "val_acc" in entry else "-",
-        )
+        said = [f"step {step}/{config.iterations}"]
+        if "loss" in entry:
+            said.append(f"training loss {entry['loss']:.4f}")
+        if "val_acc" in entry:
+            said.append(f"{val_name} {100 * entry['val_acc']:.1f}%")
+        log.info("student distillation: %s", ", ".join(said))
 
     t0 = time.time()
     if start == 0 and not history["curve"]:
         record(0)
     student.train()
     for step in progress(
-        range(start, config.iterations), desc="distill", total=config.iterations, initial=start
+        range(start, config.iterations),
+        desc="student distillation",
+        total=config.iterations,
+        initial=start,
+        logger=log,
     ):
         xs, targets = [], []
         for s in sources:

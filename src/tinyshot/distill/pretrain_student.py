@@ -281,13 +281,14 @@ def _pretrain_student(
             }
             history.append(rec)
             log.info(
-                "iteration %d/%d  loss %.4f  ce %.4f  acc %.3f  rot-acc %.3f  (%.3f s/it)",
+                "student pretraining on base classes: iteration %d/%d, loss %.4f (class %.4f), "
+                "training accuracy %.1f%%, rotation accuracy %.1f%% (%.3f s/iteration)",
                 done,
                 total,
                 rec["loss"],
                 rec["ce"],
-                rec["acc"],
-                rec["rot_acc"],
+                100 * rec["acc"],
+                100 * rec["rot_acc"],
                 (time.time() - t0) / n_run,
             )
             sums = dict.fromkeys(sums, 0.0)

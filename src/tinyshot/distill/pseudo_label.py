@@ -154,7 +154,7 @@ def pseudo_label(
     parts_dir = cache_path.with_name(cache_path.name + ".parts")
     parts: list[torch.Tensor] = []
     starts = list(range(0, n, chunk_size))
-    for start in progress(starts, desc=f"pseudo-label {cache_path.name}"):
+    for start in progress(starts, desc=f"teacher labels ({cache_path.stem})", unit="batch"):
         stop = min(start + chunk_size, n)
         part_path = parts_dir / f"part_{start:09d}_{stop:09d}.safetensors"
         if part_path.is_file():

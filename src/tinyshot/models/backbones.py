@@ -25,6 +25,7 @@ from torch import nn
 
 from tinyshot.errors import ConfigError, ModelError
 from tinyshot.models.students import IMAGENET_MEAN, IMAGENET_STD, build_student
+from tinyshot.utils.logging import quiet_weight_loading
 
 DINO_HUB_ID = "facebook/dino-vitb16"
 ALIASES = {"dino-vitb16": DINO_HUB_ID, "dino-vit-b16": DINO_HUB_ID, "dino_vitb16": DINO_HUB_ID}
@@ -170,9 +171,10 @@ def _load_vit(source: str) -> nn.Module:
                 "expected the output of ViTModel.save_pretrained"
             )
     try:
-        model = ViTModel.from_pretrained(
-            str(path) if looks_local else source, add_pooling_layer=False
-        )
+        with quiet_weight_loading():  # no transformers bar; tinyshot logs the stage
+            model = ViTModel.from_pretrained(
+                str(path) if looks_local else source, add_pooling_layer=False
+            )
     except (OSError, ValueError) as e:
         hint = (
             "the folder's weights could not be read"

@@ -942,7 +942,7 @@ def _run(
         else:
             outcomes = _sequential(todo, episode_fn)
         with contextlib.closing(outcomes):  # shuts Ray down / cancels tasks on Ctrl-C too
-            for t, outcome in progress(outcomes, desc="episodes", total=len(todo)):
+            for t, outcome in progress(outcomes, desc="episodes", total=len(todo), unit="episode"):
                 _store(out_dir, t, outcome)
     run = read_json(out_dir / "run.json")
     result = aggregate(

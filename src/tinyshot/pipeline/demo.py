@@ -222,7 +222,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> dict[str,
         out,
     )
     per_episode = []
-    for i, ep in enumerate(progress(episodes, desc="episodes", disable=False)):
+    for i, ep in enumerate(progress(episodes, desc="episodes", unit="episode")):
         t0 = time.perf_counter()
         res = run_pipeline_episode(
             ep,

@@ -35,6 +35,7 @@ from tinyshot.utils.device import resolve_device
 from tinyshot.utils.io import read_json, write_json
 from tinyshot.utils.logging import get_logger
 from tinyshot.utils.seed import derive_seed
+from tinyshot.utils.timing import StageTimes
 
 log = get_logger("pipeline.episode")
 
@@ -221,25 +222,26 @@ def specialize_and_generate(
     spec_cfg = SpecializeConfig.from_dict(
         {**config.specialize, "seed": derive_seed(seed, "spec") % 2**31}
     )
-    t0 = time.perf_counter()
-    artifacts = specialize(
-        model, data.support_pil, data.class_names, spec_cfg, work_dir / "specialize"
-    )
-    timings = {"specialize_s": time.perf_counter() - t0}
-    for gen in config.generators:
-        t0 = time.perf_counter()
-        stores[gen] = generate(
-            model,
-            artifacts,
-            method=gen,
-            n_per_class=config.synthetic_per_class,
-            out_dir=work_dir / "synthetic" / gen,
-            alpha=config.alpha,
-            batch_size=config.generation_batch_size,
-            seed=derive_seed(seed, "generate") % 2**31,
+    times = StageTimes(work_dir)  # summed over attempts: a resumed run reports the total
+    with times.stage("specialize_s"):
+        artifacts = specialize(
+            model, data.support_pil, data.class_names, spec_cfg, work_dir / "specialize"
         )
-        timings[f"generate_{gen}_s"] = time.perf_counter() - t0
-    stores["_timings"] = timings
+    for gen in config.generators:
+        with times.stage(f"generate_{gen}_s"):
+            stores[gen] = generate(
+                model,
+                artifacts,
+                method=gen,
+                n_per_class=config.synthetic_per_class,
+                out_dir=work_dir / "synthetic" / gen,
+                alpha=config.alpha,
+                batch_size=config.generation_batch_size,
+                seed=derive_seed(seed, "generate") % 2**31,
+            )
+    totals = times.totals()
+    keys = ["specialize_s", *(f"generate_{g}_s" for g in config.generators)]
+    stores["_timings"] = {k: totals.get(k, 0.0) for k in keys}
     return stores
 
 
@@ -304,6 +306,7 @@ def distill_student(
     run_dir: Path,
     seed: int,
     val: tuple[torch.Tensor, torch.Tensor] | None,
+    val_name: str = "accuracy on held-out query images",
 ):
     """Stage 3 for one method: a fresh student (pretrained backbone, new N-way head) distilled."""
     from tinyshot.distill.config import DistillConfig
@@ -342,6 +345,7 @@ def distill_student(
         run_dir=run_dir,
         val=val,
         device=None if config.device == "auto" else config.device,
+        val_name=val_name,
     )
     return student, result
 
@@ -395,6 +399,7 @@ def run_pipeline_episode(
         acc = float((probs.argmax(1) == data.query_labels).double().mean())
         results["teacher"] = {"accuracy": acc, "queries": n_query}
     teacher_s = time.perf_counter() - t0
+    StageTimes(work).add("teacher_and_labels_s", teacher_s)
     del teacher
 
     pretrained = (
@@ -430,7 +435,10 @@ def run_pipeline_episode(
     for g, summary in health["generators"].items():
         if g in results:  # the benchmark's per-episode records carry it to results.json
             results[g]["health"] = summary
-    timings = {**gen.get("_timings", {}), "teacher_and_labels_s": teacher_s}
+    timings = {
+        **gen.get("_timings", {}),
+        "teacher_and_labels_s": StageTimes(work).get("teacher_and_labels_s"),
+    }
     write_json(
         done,
         {

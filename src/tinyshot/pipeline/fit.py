@@ -39,10 +39,12 @@ from tinyshot.pipeline.episode import (
 from tinyshot.utils.io import read_json, write_json
 from tinyshot.utils.logging import get_logger, setup_logging
 from tinyshot.utils.seed import derive_seed
+from tinyshot.utils.timing import StageTimes
 
 log = get_logger("pipeline.fit")
 
 HOLDOUT_FRACTION = 0.1  # synthetic images held out to draw the teacher-agreement curve
+VAL_NAME = "agreement with the teacher on held-out synthetic images"
 
 
 def default_fit_config() -> PipelineConfig:
@@ -94,10 +96,6 @@ def fit(
     synthetic images fail the health checks. holdout: supports per class kept out of every
     training stage, to estimate student and teacher accuracy on real images (docs/pipeline.md).
     """
-    from tinyshot.distill.pseudo_label import pseudo_label
-    from tinyshot.models.export import export_onnx
-    from tinyshot.pipeline.report_builder import build_fit_report
-
     config = (config or default_fit_config()).validate()
     students = [m for m in config.methods if m != "teacher"]
     if len(students) != 1:
@@ -124,6 +122,27 @@ def fit(
             "use a new --out folder (or the same options to resume)"
         )
     write_json(stored, record)
+    times = StageTimes(out)  # seconds per stage summed over attempts (resumes add up)
+    times.add("attempts", 1)
+    with times.stage("wall_s"):
+        return _fit_stages(data_dir, out, config, method, base, seed, times, strict, holdout)
+
+
+def _fit_stages(
+    data_dir: str | Path,
+    out: Path,
+    config: PipelineConfig,
+    method: str,
+    base: str | None,
+    seed: int,
+    times: StageTimes,
+    strict: bool = False,
+    holdout: int = 0,
+) -> dict[str, Any]:
+    from tinyshot.distill.pseudo_label import pseudo_label
+    from tinyshot.models.export import export_onnx
+    from tinyshot.pipeline.report_builder import build_fit_report
+
     t_start = time.perf_counter()
     data = _load_user_classes(data_dir, config)
     write_json(out / "classes.json", data.class_names)
@@ -173,17 +192,19 @@ def fit(
             val = (x[hold], labels[g][hold].argmax(1))
             synthetic[g], labels[g] = x[keep], labels[g][keep]
     health = _fit_health(teacher, data, all_labels, gen, out, method, held)
-    timings["teacher_s"] = time.perf_counter() - t0
+    times.add("teacher_s", time.perf_counter() - t0)
+    timings["teacher_s"] = times.get("teacher_s")
     del teacher
     if strict and health.failed:
         _stop_unhealthy(health, out)
 
-    t0 = time.perf_counter()
-    pretrained = pretrained_student_path(base_ds, config)
-    student, result = distill_student(
-        method, data, labels, synthetic, pretrained, config, out / "student", seed, val
-    )
-    timings["distill_s"] = time.perf_counter() - t0
+    with times.stage("distill_s"):
+        pretrained = pretrained_student_path(base_ds, config)
+        student, result = distill_student(
+            method, data, labels, synthetic, pretrained, config, out / "student", seed, val,
+            val_name=VAL_NAME,
+        )  # fmt: skip
+    timings["distill_s"] = times.get("distill_s")
     if held is not None:
         from tinyshot.evaluation.episodic import evaluate_student
 
@@ -209,7 +230,8 @@ def fit(
         "teacher_agreement_on_heldout_synthetic": result.final_val_acc,
         "health": health.to_dict(),
         "timings": timings,
-        "wall_seconds": time.perf_counter() - t_start,
+        "wall_seconds": times.get("wall_s", running_since=t_start),
+        "attempts": int(times.get("attempts")),
     }
     write_json(out / "health.json", summary["health"])
     write_json(out / "fit.json", summary)

@@ -53,6 +53,14 @@ def table_html(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _nice_step(raw: float) -> float:
+    """The smallest of 1, 2, 2.5, 5 x 10^k that is >= raw."""
+    import math
+
+    base = 10 ** math.floor(math.log10(raw))
+    return next(m * base for m in (1, 2, 2.5, 5, 10) if m * base >= raw * (1 - 1e-9))
+
+
 def line_chart_svg(
     series: dict[str, tuple[Sequence[float], Sequence[float]]],
     *,
@@ -62,18 +70,23 @@ def line_chart_svg(
     y_label: str = "accuracy",
     y_range: tuple[float, float] | None = None,
 ) -> str:
-    """series: name -> (xs, ys). Axes with a few ticks and a legend; plain SVG."""
+    """series: name -> (xs, ys). Axes from 0 (unless data go below it or y_range says
+    otherwise), a few ticks, and a legend under the plot so long names are not cut off."""
     pts = [(x, y) for xs, ys in series.values() for x, y in zip(xs, ys)]
     if not pts:
         return '<p class="note">(no data)</p>'
-    x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
-    y0, y1 = y_range or (min(p[1] for p in pts), max(p[1] for p in pts))
+    x0, x1 = min(0.0, min(p[0] for p in pts)), max(p[0] for p in pts)
+    y0, y1 = y_range or (min(0.0, min(p[1] for p in pts)), max(p[1] for p in pts))
     if x1 == x0:
         x1 = x0 + 1
     if y1 == y0:
         y1 = y0 + 1e-3
-    ml, mr, mt, mb = 50, 150, 10, 35
+    if y_range is None:  # round the top up so the 4 intervals are round numbers
+        y1 = y0 + 4 * _nice_step((y1 - y0) / 4)
+    ml, mr, mt, mb = 56, 16, 10, 35
     pw, ph = width - ml - mr, height - mt - mb
+    legend_top = height + 4
+    total_height = legend_top + 16 * len(series)
 
     def sx(x: float) -> float:
         return ml + (x - x0) / (x1 - x0) * pw
@@ -82,7 +95,8 @@ def line_chart_svg(
         return mt + (1 - (y - y0) / (y1 - y0)) * ph
 
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-size="11">'
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{total_height}" '
+        'font-size="11">'
     ]
     parts.append(f'<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
     for i in range(5):
@@ -106,11 +120,11 @@ def line_chart_svg(
         color = _PALETTE[i % len(_PALETTE)]
         poly = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in zip(xs, ys))
         parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.8" points="{poly}"/>')
-        ly = mt + 14 + 16 * i
+        ly = legend_top + 8 + 16 * i
         parts.append(
-            f'<line x1="{ml + pw + 10}" x2="{ml + pw + 28}" y1="{ly}" y2="{ly}" stroke="{color}" stroke-width="2"/>'
+            f'<line x1="{ml}" x2="{ml + 18}" y1="{ly}" y2="{ly}" stroke="{color}" stroke-width="2"/>'
         )
-        parts.append(f'<text x="{ml + pw + 32}" y="{ly + 4}">{html.escape(name)}</text>')
+        parts.append(f'<text x="{ml + 24}" y="{ly + 4}">{html.escape(name)}</text>')
     parts.append("</svg>")
     return "".join(parts)
 

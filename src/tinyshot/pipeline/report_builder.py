@@ -14,6 +14,31 @@ log = get_logger("pipeline.report")
 
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 SHOW_PER_GENERATOR = 10
+# fit.json / result.json timing keys, in the words of the report
+STAGE_LABELS = {
+    "specialize_s": "specialization (textual inversion + null-text inversion)",
+    "generate_ti_s": "image generation, textual inversion only",
+    "generate_dafusion_s": "image generation, DA-Fusion",
+    "generate_tint_s": "image generation, TINT",
+    "teacher_s": "teacher labels for the synthetic images",
+    "teacher_and_labels_s": "teacher labels and teacher accuracy",
+    "distill_s": "student distillation",
+}
+
+
+def stage_label(key: str) -> str:
+    return STAGE_LABELS.get(key, key.removesuffix("_s").replace("_", " "))
+
+
+def duration(seconds: float) -> str:
+    """12.3 s, 4 min 05 s, 1 h 02 min."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    m, s = divmod(round(seconds), 60)
+    if m < 60:
+        return f"{m} min {s:02d} s"
+    h, m = divmod(m, 60)
+    return f"{h} h {m:02d} min"
 
 
 def _synthetic_rows(
@@ -60,6 +85,8 @@ def _alpha_rows(
 
 
 def _curves(report: Report, episode_dir: Path, methods: Sequence[str]) -> None:
+    from tinyshot.pipeline.demo import METHOD_LABELS
+
     series = {}
     for m in methods:
         hist = episode_dir / "students" / m / "history.json"
@@ -67,10 +94,15 @@ def _curves(report: Report, episode_dir: Path, methods: Sequence[str]) -> None:
             continue
         curve = [e for e in read_json(hist).get("curve", []) if "val_acc" in e]
         if curve:
-            series[m] = ([e["step"] for e in curve], [100 * e["val_acc"] for e in curve])
+            label = METHOD_LABELS.get(m, m)
+            series[label] = ([e["step"] for e in curve], [100 * e["val_acc"] for e in curve])
     if series:
-        report.heading("Student accuracy during distillation (episode 1, held-out query subset)", 3)
-        report.chart(series, y_label="accuracy (%)")
+        report.heading(
+            "Student accuracy on held-out query images during distillation (episode 1)", 3
+        )
+        report.chart(
+            series, y_label="accuracy (%)", x_label="distillation iteration", y_range=(0, 100)
+        )
 
 
 def _health_banner(report: Report, health: dict[str, Any] | None, label: str) -> None:
@@ -218,26 +250,45 @@ def build_fit_report(out: Path, summary: dict[str, Any], data: Any, config: Any)
             note=True,
         )
     _real_estimate(report, summary.get("health"), agree)
-    report.table(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in summary["timings"].items()])
+    attempts = int(summary.get("attempts", 1))
+    report.heading("Time per stage", 3)
+    rows = [[stage_label(k), duration(v)] for k, v in summary["timings"].items()]
+    total = summary.get("wall_seconds")
+    if total is not None:
+        rows.append(
+            ["total" + (f" ({attempts} attempts)" if attempts > 1 else ""), duration(total)]
+        )
+    report.table(["stage", "time"], rows)
+    if attempts > 1:
+        report.paragraph(
+            f"This run was interrupted and resumed ({attempts} attempts); times are summed over "
+            "all attempts.",
+            note=True,
+        )
     hist = out / "student" / "history.json"
     if hist.is_file():
+        from tinyshot.pipeline.fit import VAL_NAME
+
         curve = read_json(hist).get("curve", [])
-        series = {}
         pts = [e for e in curve if "val_acc" in e]
         if pts:
-            series["teacher agreement (held-out synthetic)"] = (
-                [e["step"] for e in pts],
-                [100 * e["val_acc"] for e in pts],
+            report.heading(f"Student {VAL_NAME} during distillation", 3)
+            report.chart(
+                {VAL_NAME: ([e["step"] for e in pts], [100 * e["val_acc"] for e in pts])},
+                y_label="agreement (%)",
+                x_label="distillation iteration",
+                y_range=(0, 100),
             )
-        if series:
-            report.heading("Training curve", 3)
-            report.chart(series, y_label="%")
         losses = [e for e in curve if "loss" in e]
         if losses:
+            report.heading("Student training loss", 3)
             report.chart(
-                {"training loss": ([e["step"] for e in losses], [e["loss"] for e in losses])},
+                {"training loss (all sources)": (
+                    [e["step"] for e in losses], [e["loss"] for e in losses]
+                )},
                 y_label="loss",
-            )
+                x_label="distillation iteration",
+            )  # fmt: skip
     generators = [g for g in GENERATORS if g in config.methods]
     report.heading("Support and generated images per class")
     for c, name in enumerate(data.class_names):
