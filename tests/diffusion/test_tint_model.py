@@ -101,4 +101,4 @@ def test_missing_or_broken_model_folders(tmp_path):
     with pytest.raises(ModelError, match=r"unet/config\.json"):
         load_diffusion_model(tmp_path / "empty")
     with pytest.raises(ModelError, match="prediction_type"):
-        make_ddim_scheduler({**SD15_SCHEDULER, "prediction_type": "v_prediction"})
+        make_ddim_scheduler({**SD15_SCHEDULER, "prediction_type": "flow"})
