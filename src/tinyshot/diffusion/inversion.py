@@ -38,6 +38,8 @@ class InversionResult:
     recon_error: torch.Tensor  # (B,) MSE of the guided reconstruction vs z0, in latent space
     inner_steps: torch.Tensor  # (B,) optimizer steps taken (NTI), 0 for NPI
     reconstruction: torch.Tensor | None = None  # (B, C, h, w) the guided reconstruction of z0
+    psnr_db: torch.Tensor | None = None  # (B,) image PSNR of `reconstruction` vs the support
+    cfg_psnr_db: torch.Tensor | None = None  # (B,) the same for plain CFG from z_T (no NTI)
 
 
 def _rule(schedule: DDIMSchedule, clip: bool) -> X0Rule:
@@ -192,3 +194,18 @@ def reconstruction_psnr(
     inv = psnr_db(model.decode(result.reconstruction), target)
     cfg = psnr_db(model.decode(plain), target)
     return inv.cpu(), cfg.cpu()
+
+
+def measure_reconstruction(
+    model: DiffusionModel,
+    z0: torch.Tensor,
+    cond: torch.Tensor,
+    schedule: DDIMSchedule,
+    guidance: float,
+    result: InversionResult,
+) -> InversionResult:
+    """`result` with psnr_db and cfg_psnr_db filled in (see reconstruction_psnr)."""
+    result.psnr_db, result.cfg_psnr_db = reconstruction_psnr(
+        model, z0, cond, schedule, guidance, result
+    )
+    return result
