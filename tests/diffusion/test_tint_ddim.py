@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
-from tinyshot.diffusion.ddim import ddim_move, ddim_sample, make_schedule
+from tinyshot.diffusion.ddim import X0Rule, ddim_move, ddim_sample, make_schedule
 from tinyshot.diffusion.generate import blend_noise
 from tinyshot.diffusion.inversion import negative_prompt_inversion, null_text_inversion
 from tinyshot.diffusion.model import SD15_SCHEDULER, build_tiny_diffusion_model, make_ddim_scheduler
-from tinyshot.errors import ConfigError
+from tinyshot.errors import ConfigError, ModelError
 
 
 @pytest.fixture(scope="module")
@@ -17,20 +19,57 @@ def tiny():
     return build_tiny_diffusion_model(seed=2)
 
 
+BOUNDS = {
+    "none": {},
+    "clip": {"clip_sample": True, "clip_sample_range": 1.0},
+    "clip-range": {"clip_sample": True, "clip_sample_range": 1.5},
+    "threshold": {"thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 1.8},
+    "v-clip": {"prediction_type": "v_prediction", "clip_sample": True},
+}
+
+
+@pytest.mark.parametrize("bound", list(BOUNDS))
 @pytest.mark.parametrize("spacing,steps", [("trailing", 10), ("leading", 7), ("linspace", 5)])
-def test_ddim_move_matches_diffusers_step_bit_exactly(tiny, spacing, steps):
-    sched = make_ddim_scheduler(dict(SD15_SCHEDULER), spacing)
+def test_ddim_move_matches_diffusers_step_bit_exactly(tiny, spacing, steps, bound):
+    config = {**SD15_SCHEDULER, **BOUNDS[bound]}
+    sched = make_ddim_scheduler(config, spacing)
     sched.set_timesteps(steps)
-    ours = make_schedule(tiny, steps, spacing)
+    model = copy.copy(tiny)
+    model.scheduler = make_ddim_scheduler(config)
+    ours = make_schedule(model, steps, spacing)
     assert torch.equal(ours.timesteps, sched.timesteps.long())
+    assert ours.rule.clip_sample == bool(config.get("clip_sample"))
     g = torch.Generator().manual_seed(0)
-    z = torch.randn(3, 4, 8, 8, generator=g)
+    z = torch.randn(3, 4, 8, 8, generator=g) * 3  # large: x0 predictions leave [-1, 1]
     ref = z.clone()
     for i, t in enumerate(sched.timesteps):
         eps = torch.randn(3, 4, 8, 8, generator=g)
         ref = sched.step(eps, t, ref).prev_sample
-        z = ddim_move(z, eps, ours.alpha[i], ours.alpha_prev[i])
+        z = ddim_move(z, eps, ours.alpha[i], ours.alpha_prev[i], ours.rule)
         assert torch.equal(z, ref)
+    if bound != "none":  # the bound changed the result: unbounded steps land elsewhere
+        z = ref.clone()
+        a, ap = ours.alpha[0], ours.alpha_prev[0]
+        e = torch.randn(3, 4, 8, 8, generator=g) * 3
+        assert not torch.equal(
+            ddim_move(z, e, a, ap, ours.rule), ddim_move(z, e, a, ap, ours.rule.unbounded())
+        )
+
+
+def test_x0_rule_clips_predictions_into_the_configured_range():
+    g = torch.Generator().manual_seed(3)
+    z, eps = torch.randn(4, 3, 8, 8, generator=g) * 2, torch.randn(4, 3, 8, 8, generator=g)
+    a = torch.tensor(0.05)
+    rule = X0Rule(clip_sample=True, clip_sample_range=1.0)
+    # with a_to = 1 the step returns its x0 prediction itself
+    x0 = ddim_move(z, eps, a, torch.tensor(1.0), rule)
+    free = ddim_move(z, eps, a, torch.tensor(1.0), rule.unbounded())
+    assert float(x0.abs().max()) <= 1.0 < float(free.abs().max())
+    thr = X0Rule(thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=10.0)
+    x0t = ddim_move(z, eps, a, torch.tensor(1.0), thr)
+    assert float(x0t.abs().max()) <= 1.0 + 1e-6 and not torch.allclose(x0t, x0)
+    with pytest.raises(ModelError, match="prediction_type"):
+        ddim_move(z, eps, a, a, X0Rule(prediction_type="flow"))
 
 
 def test_ddim_move_inverts_itself():
@@ -105,3 +144,22 @@ def test_batched_nti_equals_one_image_at_a_time(tiny):
     assert torch.equal(npi.z_T, both.z_T)
     assert npi.null_embeddings.shape == (2, 1, 77, 32)
     assert torch.equal(npi.null_embeddings[:, 0], cond)
+
+
+def test_nti_steps_before_its_early_stop_as_mokady_et_al(tiny):
+    """Their inner loop: loss, backward, step, then `if loss < eps + i * 2e-5: break`, so
+    every timestep (the first one too) is optimised at least once, however loose the stop."""
+    sched = make_schedule(tiny, 3, "trailing")
+    g = torch.Generator().manual_seed(5)
+    z0 = torch.randn(2, 4, 8, 8, generator=g)
+    cond = torch.randn(2, 77, 32, generator=g)
+    kw = dict(guidance=7.5, inner_steps=4, lr=0.05, show_progress=False)
+    loose = null_text_inversion(tiny, z0, cond, sched, early_stop=1e9, **kw)
+    assert loose.inner_steps.tolist() == [3, 3]  # exactly one step per timestep
+    empty = tiny.empty_embedding()[0]
+    for i in range(3):
+        assert not torch.allclose(loose.null_embeddings[:, i], empty.expand(2, -1, -1))
+    tight = null_text_inversion(tiny, z0, cond, sched, early_stop=0.0, **kw)
+    assert tight.inner_steps.tolist() == [12, 12]
+    assert bool((tight.recon_error < loose.recon_error).all())
+    assert tight.reconstruction is not None and tight.reconstruction.shape == z0.shape

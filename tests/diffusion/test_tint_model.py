@@ -101,4 +101,16 @@ def test_missing_or_broken_model_folders(tmp_path):
     with pytest.raises(ModelError, match=r"unet/config\.json"):
         load_diffusion_model(tmp_path / "empty")
     with pytest.raises(ModelError, match="prediction_type"):
-        make_ddim_scheduler({**SD15_SCHEDULER, "prediction_type": "v_prediction"})
+        make_ddim_scheduler({**SD15_SCHEDULER, "prediction_type": "flow"})
+
+
+def test_shipped_generator_keeps_its_own_clip_sample():
+    """The shipped pixel-space generator was trained and is sampled with clip_sample=True;
+    the loader keeps it, so every DDIM schedule built from the model clips x0 to [-1, 1]."""
+    from tinyshot.diffusion.ddim import make_schedule
+    from tinyshot.diffusion.pretrain import default_generator_path
+
+    m = load_diffusion_model(default_generator_path("fashion-mnist"))
+    assert m.scheduler.config.clip_sample and m.scheduler.config.clip_sample_range == 1.0
+    rule = make_schedule(m, 10).rule
+    assert rule.clip_sample and rule.prediction_type == "epsilon"

@@ -133,6 +133,10 @@ def test_artifact_files_and_metadata(tint_specialized):
         assert meta["seeds"]["seed"] == 0 and meta["config"]["nti_lr"] == 0.1
         assert meta["timestep_spacing"] == "trailing"
         assert meta["shapes"]["null_embeddings"] == [2, 10, 77, 32]
+        st = meta["stats"]  # the reconstruction figures reports read (image-space PSNR, dB)
+        assert st["nti_psnr_db"] > st["cfg_psnr_db"] + 6
+        assert st["nti_gain_db"] == pytest.approx(st["nti_psnr_db"] - st["cfg_psnr_db"])
+        assert len(st["cfg_psnr_db_per_image"]) == 2
         assert a.z_T.shape == (2, 4, 8, 8) and a.timesteps.tolist()[0] == 999
     loaded = load_artifacts(s.out_dir)
     for a, b in zip(s.artifacts, loaded):
@@ -265,3 +269,72 @@ def test_pixel_space_model_with_cosine_schedule_end_to_end(tmp_path, tint_episod
     assert torch.allclose(arts[0].support_latents.abs().max(), torch.tensor(1.0), atol=0.01)
     st = generate(m, arts, "tint", 2, tmp_path / "g", batch_size=4)
     assert len(st) == 4 and st.load_images()[0].size == (16, 16)
+
+
+def _clipped_copy(model, clip_range: float):
+    """The same weights, with a scheduler config that says clip_sample=True (as the shipped
+    pixel-space generators' does), at a range that covers the support latents."""
+    import copy
+
+    from tinyshot.diffusion.model import make_ddim_scheduler
+
+    clipped = copy.copy(model)
+    clipped.scheduler = make_ddim_scheduler(
+        {**dict(model.scheduler.config), "clip_sample": True, "clip_sample_range": clip_range}
+    )
+    return clipped
+
+
+def test_generation_applies_the_models_own_clipping(tint_specialized, tmp_path, monkeypatch):
+    from tinyshot.diffusion import ddim as ddim_mod
+
+    s = tint_specialized
+    r = 1.1 * max(float(a.support_latents.abs().max()) for a in s.artifacts)
+    clipped = _clipped_copy(s.model, r)
+    seen = []
+    real_move = ddim_mod.ddim_move
+
+    def spy(z, eps, a_from, a_to, rule=None):
+        seen.append(rule)
+        # the x0 prediction this step uses (a_to = 1 returns it), and its unclipped value
+        seen.append(float(real_move(z, eps, a_from, torch.tensor(1.0), rule).abs().max()))
+        return real_move(z, eps, a_from, a_to, rule)
+
+    monkeypatch.setattr(ddim_mod, "ddim_move", spy)
+    generate(clipped, s.artifacts, "ti", 2, tmp_path / "clip", batch_size=4, seed=3)
+    rules, x0_max = seen[0::2], seen[1::2]
+    assert all(q.clip_sample and q.clip_sample_range == r for q in rules)
+    assert max(x0_max) <= r + 1e-6
+    seen.clear()
+    generate(s.model, s.artifacts, "ti", 2, tmp_path / "free", batch_size=4, seed=3)
+    assert not any(q.clip_sample for q in seen[0::2])
+    assert max(seen[1::2]) > 2 * r  # unclipped early x0 predictions go far out of range
+    a = [np.asarray(Image.open(p)) for p in sorted((tmp_path / "clip").rglob("*.png"))]
+    b = [np.asarray(Image.open(p)) for p in sorted((tmp_path / "free").rglob("*.png"))]
+    assert len(a) == len(b) == 4 and any(not np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_alpha0_reconstructs_with_a_clipping_model(tint_specialized, tmp_path):
+    """Inversion unclipped, NTI's guided steps clipped like the sampler: alpha = 0 still gives
+    back the support images, and the recorded PSNR figures say NTI beats plain CFG."""
+    s = tint_specialized
+    r = 1.1 * max(float(a.support_latents.abs().max()) for a in s.artifacts)
+    clipped = _clipped_copy(s.model, r)
+    cfg = SpecializeConfig(**{**s.config.to_dict(), "ti_steps": 5})
+    arts = specialize(clipped, s.images, s.names, cfg, tmp_path / "spec", show_progress=False)
+    store = generate(clipped, arts, "tint", 2, tmp_path / "a0", alpha=0.0, batch_size=4, seed=1)
+    errs = []
+    for it in store.items():
+        a = arts[it.class_index]
+        k = it.support_index
+        want = clipped.decode(a.support_latents[k : k + 1])[0].permute(1, 2, 0).numpy()
+        errs.append(
+            _image_mse(np.asarray(Image.open(it.path)), (want * 255 + 0.5).astype(np.uint8))
+        )
+    print(f"clipped model, alpha = 0 image MSE {np.mean(errs):.2e} (max {max(errs):.2e})")
+    assert max(errs) < 2e-3
+    for a in arts:
+        st = a.meta["stats"]
+        assert st["nti_psnr_db"] > 27 and st["nti_gain_db"] > 6
+        assert st["nti_gain_db"] == pytest.approx(st["nti_psnr_db"] - st["cfg_psnr_db"])
+        assert len(st["nti_psnr_db_per_image"]) == a.num_support

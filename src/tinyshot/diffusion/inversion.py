@@ -12,12 +12,23 @@ from dataclasses import dataclass
 
 import torch
 
-from tinyshot.diffusion.ddim import DDIMSchedule, cfg_eps, ddim_invert, ddim_move
+from tinyshot.diffusion.ddim import (
+    DDIMSchedule,
+    X0Rule,
+    cfg_eps,
+    ddim_invert,
+    ddim_move,
+    ddim_sample,
+)
 from tinyshot.diffusion.model import DiffusionModel
 from tinyshot.diffusion.textual_inversion import loss_scale
 from tinyshot.utils.logging import get_logger, progress
 
 log = get_logger("diffusion.nti")
+
+
+# Mokady et al.'s stop threshold grows by this much per timestep (`epsilon + i * 2e-5`).
+EARLY_STOP_GROWTH = 2e-5
 
 
 @dataclass
@@ -26,6 +37,13 @@ class InversionResult:
     null_embeddings: torch.Tensor  # (B, S, 77, D) for NTI, (B, 1, 77, D) for NPI
     recon_error: torch.Tensor  # (B,) MSE of the guided reconstruction vs z0, in latent space
     inner_steps: torch.Tensor  # (B,) optimizer steps taken (NTI), 0 for NPI
+    reconstruction: torch.Tensor | None = None  # (B, C, h, w) the guided reconstruction of z0
+    psnr_db: torch.Tensor | None = None  # (B,) image PSNR of `reconstruction` vs the support
+    cfg_psnr_db: torch.Tensor | None = None  # (B,) the same for plain CFG from z_T (no NTI)
+
+
+def _rule(schedule: DDIMSchedule, clip: bool) -> X0Rule:
+    return schedule.rule if clip else schedule.rule.unbounded()
 
 
 def null_text_inversion(
@@ -39,13 +57,21 @@ def null_text_inversion(
     lr_decay: bool = True,
     early_stop: float = 1e-5,
     show_progress: bool | None = None,
+    clip_inversion: bool = False,
+    clip_guided: bool = True,
 ) -> InversionResult:
     """cond: (B,77,D) per-image conditional embedding (its class token prompt).
 
     lr_decay follows Mokady et al.: lr * (1 - i / (2 S)) at step i of S (1e-2 -> 5e-3 for
-    S=50), the schedule the paper cites; early stop when an image's loss < early_stop.
+    S=50), the schedule the paper cites. The inner loop is theirs too: loss, backward,
+    optimizer step, then stop once an image's loss (before that step) is below
+    early_stop + i * 2e-5, so every timestep gets at least one step. The guided steps apply
+    the model's own x0 clipping (clip_guided) as the sampler does, so alpha = 0 generation
+    retraces them; the unguided inversion does not (clip_inversion); docs/generator.md
+    ("Clipping") has the measurements behind both defaults.
     """
-    traj = ddim_invert(model, z0, cond, schedule)
+    traj = ddim_invert(model, z0, cond, schedule, clip=clip_inversion)
+    rule = _rule(schedule, clip_guided)
     b, s = z0.shape[0], schedule.steps
     u = model.empty_embedding().expand(b, -1, -1).clone()
     x = traj[0].clone()
@@ -64,27 +90,25 @@ def null_text_inversion(
         u = u.detach().clone().requires_grad_(True)
         step_lr = lr * (1.0 - i / (2.0 * s)) if lr_decay else lr
         opt = torch.optim.Adam([u], lr=step_lr)
+        threshold = early_stop + i * EARLY_STOP_GROWTH
         done = torch.zeros(b, dtype=torch.bool, device=x.device)
         for _ in range(inner_steps):
             act = torch.nonzero(~done).flatten()
+            if act.numel() == 0:
+                break
             e_u = model.eps(x[act], t, u[act])
             eps = e_u + guidance * (e_c[act] - e_u)
-            pred = ddim_move(x[act], eps, schedule.alpha[i], schedule.alpha_prev[i])
+            pred = ddim_move(x[act], eps, schedule.alpha[i], schedule.alpha_prev[i], rule)
             per = ((pred - target[act]) ** 2).flatten(1).mean(1)
-            stop = per.detach() < early_stop
-            if bool(stop.all()):
-                done[act] = True
-                break
             opt.zero_grad(set_to_none=True)
-            (per.masked_fill(stop, 0.0).sum() * loss_scale(model)).backward()
-            frozen = done.clone()
-            frozen[act[stop]] = True
-            kept = u.detach()[frozen].clone()
+            (per.sum() * loss_scale(model)).backward()
+            # Images stopped earlier keep their embedding (Adam's momentum would move them).
+            kept = u.detach()[done].clone()
             opt.step()
             with torch.no_grad():
-                u[frozen] = kept
-            taken[(~frozen).cpu()] += 1
-            done = frozen
+                u[done] = kept
+            taken[act.cpu()] += 1
+            done[act[per.detach() < threshold]] = True
         u = u.detach()
         nulls.append(u.clone())
         with torch.no_grad():
@@ -93,10 +117,15 @@ def null_text_inversion(
                 cfg_eps(model, x, t, u, cond, guidance),
                 schedule.alpha[i],
                 schedule.alpha_prev[i],
+                rule,
             )
     err = ((x - traj[-1]) ** 2).flatten(1).mean(1)
     return InversionResult(
-        z_T=traj[0], null_embeddings=torch.stack(nulls, 1), recon_error=err.cpu(), inner_steps=taken
+        z_T=traj[0],
+        null_embeddings=torch.stack(nulls, 1),
+        recon_error=err.cpu(),
+        inner_steps=taken,
+        reconstruction=x,
     )
 
 
@@ -117,11 +146,66 @@ def negative_prompt_inversion(
     x = traj[0].clone()
     for i in range(schedule.steps):
         eps = cfg_eps(model, x, schedule.timesteps[i], cond, cond, guidance)
-        x = ddim_move(x, eps, schedule.alpha[i], schedule.alpha_prev[i])
+        x = ddim_move(x, eps, schedule.alpha[i], schedule.alpha_prev[i], schedule.rule)
     err = ((x - traj[-1]) ** 2).flatten(1).mean(1)
     return InversionResult(
         z_T=traj[0],
         null_embeddings=cond.detach().float().unsqueeze(1).clone(),
         recon_error=err.cpu(),
         inner_steps=torch.zeros(z0.shape[0], dtype=torch.long),
+        reconstruction=x,
     )
+
+
+def psnr_db(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(B,) PSNR in dB of images against targets, both (B,3,H,W) in [0, 1]."""
+    mse = ((images.float() - targets.float()) ** 2).flatten(1).mean(1)
+    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
+
+
+@torch.no_grad()
+def reconstruction_psnr(
+    model: DiffusionModel,
+    z0: torch.Tensor,
+    cond: torch.Tensor,
+    schedule: DDIMSchedule,
+    guidance: float,
+    result: InversionResult,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inversion PSNR, plain-CFG PSNR), (B,) each, in image space against decode(z0).
+
+    The inversion's figure is its own guided reconstruction (what alpha = 0 generation
+    gives); the plain-CFG one is a single guided pass from the same z_T with the empty-prompt
+    null embedding, what generation would give without NTI. Their difference is what NTI
+    buys; it costs S guided UNet calls, a fraction of NTI's.
+    """
+    if result.reconstruction is None:
+        raise ValueError("the inversion result holds no reconstruction")
+    empty = model.empty_embedding()
+    plain = ddim_sample(
+        model,
+        result.z_T.to(model.device),
+        cond,
+        lambda i, r: empty.expand(len(r), -1, -1),
+        schedule,
+        guidance,
+    )
+    target = model.decode(z0)
+    inv = psnr_db(model.decode(result.reconstruction), target)
+    cfg = psnr_db(model.decode(plain), target)
+    return inv.cpu(), cfg.cpu()
+
+
+def measure_reconstruction(
+    model: DiffusionModel,
+    z0: torch.Tensor,
+    cond: torch.Tensor,
+    schedule: DDIMSchedule,
+    guidance: float,
+    result: InversionResult,
+) -> InversionResult:
+    """`result` with psnr_db and cfg_psnr_db filled in (see reconstruction_psnr)."""
+    result.psnr_db, result.cfg_psnr_db = reconstruction_psnr(
+        model, z0, cond, schedule, guidance, result
+    )
+    return result

@@ -41,7 +41,7 @@ SD15_SCHEDULER = {
     "prediction_type": "epsilon",
     "timestep_spacing": "leading",
 }
-SUPPORTED_PREDICTION = ("epsilon",)
+SUPPORTED_PREDICTION = ("epsilon", "v_prediction", "sample")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 EXPECTED_LAYOUT = (
@@ -262,14 +262,16 @@ class DiffusionModel:
 
 
 def make_ddim_scheduler(config: dict[str, Any], timestep_spacing: str | None = None):
-    """A DDIMScheduler from any SD-family scheduler config; refuses non-epsilon models."""
+    """A DDIMScheduler from any SD-family scheduler config, keeping the model's own
+    prediction type, clip_sample / clip_sample_range and thresholding (the pixel-space
+    generators were trained and are sampled with clip_sample=True)."""
     from diffusers import DDIMScheduler
 
     pred = config.get("prediction_type", "epsilon")
     if pred not in SUPPORTED_PREDICTION:
         raise ModelError(
-            f"scheduler prediction_type {pred!r} is not supported (DDIM inversion here needs "
-            f"an epsilon-prediction model such as SD 1.x)"
+            f"scheduler prediction_type {pred!r} is not supported (scheduler_config.json "
+            f"must say one of {', '.join(SUPPORTED_PREDICTION)})"
         )
     cfg = {k: v for k, v in config.items() if not k.startswith("_")}
     if timestep_spacing is not None:
@@ -278,7 +280,6 @@ def make_ddim_scheduler(config: dict[str, Any], timestep_spacing: str | None = N
                 f"timestep_spacing must be leading, trailing or linspace, got {timestep_spacing!r}"
             )
         cfg["timestep_spacing"] = timestep_spacing
-    cfg["clip_sample"] = False
     return DDIMScheduler.from_config(cfg)
 
 

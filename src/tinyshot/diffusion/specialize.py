@@ -23,6 +23,7 @@ from tinyshot.diffusion.config import SpecializeConfig
 from tinyshot.diffusion.ddim import make_schedule, resolve_spacing
 from tinyshot.diffusion.inversion import (
     InversionResult,
+    measure_reconstruction,
     negative_prompt_inversion,
     null_text_inversion,
 )
@@ -201,6 +202,7 @@ def specialize(
                 timing, inv_s, chunk,
             ),
         ),
+        class_names,
     )  # fmt: skip
     log.info("specialization finished in %.1f s -> %s", time.perf_counter() - t0, out)
     return [
@@ -228,6 +230,8 @@ def _save_chunk(path: Path, res: InversionResult, seconds: float) -> None:
         "null_embeddings": res.null_embeddings.float().cpu().contiguous(),
         "recon_error": res.recon_error.float().cpu().contiguous(),
         "inner_steps": res.inner_steps.cpu().contiguous(),
+        "psnr_db": res.psnr_db.float().cpu().contiguous(),
+        "cfg_psnr_db": res.cfg_psnr_db.float().cpu().contiguous(),
     }
     meta = {"seconds": repr(seconds)}
     atomic_write(path, lambda p: save_file(tensors, p, metadata=meta))
@@ -240,7 +244,10 @@ def _load_chunk(path: Path) -> tuple[InversionResult, float] | None:
         with safe_open(str(path), framework="pt") as f:
             t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
             seconds = float((f.metadata() or {}).get("seconds", "0"))
-        res = InversionResult(t["z_T"], t["null_embeddings"], t["recon_error"], t["inner_steps"])
+        res = InversionResult(
+            t["z_T"], t["null_embeddings"], t["recon_error"], t["inner_steps"],
+            psnr_db=t["psnr_db"], cfg_psnr_db=t["cfg_psnr_db"],
+        )  # fmt: skip
     except Exception as e:  # a foreign or damaged file: invert that batch again
         log.warning("%s: unreadable inversion batch (%s); inverting it again", path, e)
         return None
@@ -257,6 +264,7 @@ def _invert_in_chunks(
     n: int,
     show_progress: bool | None,
     make_artifact: Any,
+    class_names: list[str] | None = None,
 ) -> list[ClassArtifact | None]:
     """Invert the support images batch by batch; each finished batch is kept in
     out/inversion/<batch>.safetensors, and a class becomes an artifact as soon as all of its
@@ -311,6 +319,8 @@ def _invert_in_chunks(
             else:
                 res = negative_prompt_inversion(model, z0, c_batch, schedule, cfg.guidance)
             inv_s = time.perf_counter() - t2
+            res = measure_reconstruction(model, z0, c_batch, schedule, cfg.guidance, res)
+            res.reconstruction = None  # not kept: the PSNRs say what it showed
             chunk_dir.mkdir(exist_ok=True)
             _save_chunk(path, res, inv_s)
             log.debug(
@@ -325,7 +335,14 @@ def _invert_in_chunks(
         for c in {c for c, _ in chunk if c in need}:
             seconds[c] += inv_s
             if len(parts[c]) == len(latents[c]):
-                art = make_artifact(c, _gather(parts.pop(c)), seconds[c], len(chunks[0]))
+                res_c = _gather(parts.pop(c))
+                gain = _recon_gain(res_c, torch.arange(len(res_c.z_T)))
+                log.info(
+                    "class %s: %s reconstruction %.1f dB vs %.1f dB plain CFG (%+.1f dB)",
+                    class_names[c] if class_names else c, cfg.inversion.upper(),
+                    gain["nti_psnr_db"], gain["cfg_psnr_db"], gain["nti_gain_db"],
+                )  # fmt: skip
+                art = make_artifact(c, res_c, seconds[c], len(chunks[0]))
                 art.save(out)
                 results[c] = art
     errors = [
@@ -358,8 +375,23 @@ def _gather(rows: dict[int, tuple[InversionResult, int]]) -> InversionResult:
         return torch.stack([getattr(res, name)[r].cpu() for res, r in picked])
 
     return InversionResult(
-        cat("z_T"), cat("null_embeddings"), cat("recon_error"), cat("inner_steps")
-    )
+        cat("z_T"), cat("null_embeddings"), cat("recon_error"), cat("inner_steps"),
+        psnr_db=cat("psnr_db"), cfg_psnr_db=cat("cfg_psnr_db"),
+    )  # fmt: skip
+
+
+def _recon_gain(res: Any, rows: torch.Tensor) -> dict[str, Any]:
+    """Class means (and per-image lists) of the image-space reconstruction PSNR of the
+    inversion (alpha = 0) and of plain CFG from the same z_T; the gain is what NTI buys."""
+    inv = res.psnr_db[rows.cpu()].double()
+    plain = res.cfg_psnr_db[rows.cpu()].double()
+    return {
+        "nti_psnr_db": float(inv.mean()),
+        "cfg_psnr_db": float(plain.mean()),
+        "nti_gain_db": float((inv - plain).mean()),
+        "nti_psnr_db_per_image": [round(float(v), 3) for v in inv],
+        "cfg_psnr_db_per_image": [round(float(v), 3) for v in plain],
+    }
 
 
 def _meta(
@@ -395,6 +427,7 @@ def _meta(
             "ti_eval_timesteps": EVAL_TIMESTEPS,
             "inversion_recon_mse": [float(v) for v in res.recon_error[rows]],
             "nti_inner_steps": [int(v) for v in res.inner_steps[rows]],
+            **_recon_gain(res, rows),
         },
         "timing": {**timing, "inversion_s": inv_s, "inversion_batch_images": batch_images},
     }

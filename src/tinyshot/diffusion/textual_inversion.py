@@ -69,10 +69,16 @@ def diffusion_loss(
     timesteps: torch.Tensor,
     noise: torch.Tensor,
 ) -> torch.Tensor:
-    """Per-sample ||eps - eps(z_t; t, v)||^2 (mean over latent dims), Eq. 1."""
+    """Per-sample ||eps - eps(z_t; t, v)||^2 (mean over latent dims), Eq. 1; the target is
+    the velocity or the clean latent for v_prediction / sample models, as they were trained."""
     zt = model.scheduler.add_noise(latents, noise, timesteps.to(latents.device))
     pred = model.eps(zt, timesteps.to(latents.device), cond)
-    return ((pred - noise) ** 2).flatten(1).mean(1)
+    kind = model.scheduler.config.prediction_type
+    if kind == "v_prediction":
+        target = model.scheduler.get_velocity(latents, noise, timesteps.to(latents.device))
+    else:
+        target = latents if kind == "sample" else noise
+    return ((pred - target) ** 2).flatten(1).mean(1)
 
 
 def _draw(

@@ -65,7 +65,9 @@ class PipelineConfig:
             "ti_batch_size": 5,
             "num_inference_steps": 10,  # paper 50
             "guidance": 3.0,  # paper 7.5 (SD 1.5)
-            "nti_inner_steps": 5,  # paper 10
+            # NTI beats plain CFG by 7.0 dB with these (docs/generator.md, "NTI settings")
+            "nti_inner_steps": 10,  # paper 10
+            "nti_lr": 1.0,  # paper 1e-2 (SD's text encoder; this one needs a larger step)
         }
     )
     synthetic_per_class: int = 50  # paper 4000
