@@ -105,6 +105,10 @@ def test_nti_psnr_prefers_the_recorded_image_figure_else_latent_mse():
     db, space = nti_psnr({"stats": {"inversion_recon_mse": [0.03, 0.05]}}, lat)
     assert space == "latent" and db == pytest.approx(10 * math.log10(4 / 0.04))  # 20 dB
     assert nti_psnr({"stats": {}}, lat) is None
+    # Pixel-space model: the "latent" is the image in [-1, 1]; the MSE 0.12 is 15.2 dB.
+    pix = {"model": {"pixel_space": True}, "stats": {"inversion_recon_mse": [0.12]}}
+    db, space = nti_psnr(pix, None)
+    assert space == "image" and db == pytest.approx(15.23, abs=0.01)
 
 
 def test_leave_one_out_protonet_and_support_distances():

@@ -81,3 +81,34 @@ def test_episode_records_health_for_every_generator(tiny_generator, fmnist, tmp_
         assert (h["nti_psnr_db"] is not None) == (h["generator"] == "tint")
     assert res["tint"]["health"] == health["generators"]["tint"]
     assert read_json(tmp_path / "ep" / "result.json")["health"] == health
+
+
+def test_demo_report_opens_with_the_pooled_health_banner(fmnist, tmp_path):  # noqa: F811
+    from tinyshot.data.sampler import sample_episode
+    from tinyshot.evaluation.health import combine_episodes
+    from tinyshot.pipeline.demo import DemoConfig
+    from tinyshot.pipeline.episode import PipelineConfig
+    from tinyshot.pipeline.report_builder import build_demo_report
+
+    support_ds, query_ds, _ = fmnist
+    ep = sample_episode(support_ds, 2, 1, 1, seed=0, query_ds=query_ds)
+    block = {
+        "sources": ["support", "base", "synthetic:tint"],
+        "chance": 0.5,
+        "generators": {"tint": {"agreement": 0.45, "chance": 0.5, "status": "fail"}},
+        "warnings": ["class 'Sandal', generator tint: the teacher labels 40.0% ..."],
+        "real_image_estimate": {"teacher_loo": {"correct": 3, "images": 4}},
+    }
+    health = combine_episodes([block, block])
+    cfg = DemoConfig(ways=2, shots=1, pipeline=PipelineConfig(methods=("teacher",)))
+    results = {
+        "summary": {"teacher": {"mean": 0.8, "ci95": 0.1, "episodes": 2, "queries": 2}},
+        "config": cfg.to_dict(),
+        "frechet": None,
+        "health": health,
+    }
+    html = build_demo_report(tmp_path, results, [ep], support_ds, query_ds, cfg).read_text()
+    assert html.index('class="health"') < html.index("<h2>")
+    assert "2 warning(s)" in html and "WARNING: episode 2: class &#x27;Sandal&#x27;" in html
+    assert "synthetic images from tint (fail, teacher agreement 45.0%)" in html
+    assert "75.0% of 8 images" in html
