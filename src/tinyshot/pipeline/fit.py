@@ -27,13 +27,16 @@ from tinyshot.errors import ConfigError, DataError
 from tinyshot.pipeline.episode import (
     EpisodeData,
     PipelineConfig,
-    _resize_uint8,
     _uint8,
     build_episode_teacher,
     distill_student,
+    generator_prep,
     pretrained_student_path,
     resolve_generator,
     specialize_and_generate,
+    student_synthetic,
+    teacher_synthetic,
+    teacher_view,
 )
 from tinyshot.utils.io import read_json, write_json
 from tinyshot.utils.logging import get_logger, setup_logging
@@ -58,12 +61,24 @@ def _load_user_classes(data_dir: str | Path, config: PipelineConfig) -> EpisodeD
         raise DataError(f"{data_dir}: found {ds.num_classes} class folder(s); fit needs at least 2")
     support_pil = [ds.load_images(ds.indices_of(c)) for c in range(ds.num_classes)]
     labels = [c for c, imgs in enumerate(support_pil) for _ in imgs]
+    flat = [im for imgs in support_pil for im in imgs]
     return EpisodeData(
         class_names=list(ds.class_names),
         support_pil=support_pil,
-        support=_uint8([im for imgs in support_pil for im in imgs], config.image_size),
+        support=_uint8(flat, config.image_size),
         support_labels=torch.tensor(labels, dtype=torch.long),
+        teacher_support=teacher_view(flat, config.teacher_input_size),
     )
+
+
+def effective_config(config: PipelineConfig, base: str | None) -> PipelineConfig:
+    """The configuration as it will run: without --base there is no base-class pretraining and
+    no base images (config.json and the report must not claim them)."""
+    import dataclasses
+
+    if base:
+        return config
+    return dataclasses.replace(config, pretrain_student=False, base_images=0)
 
 
 def _load_base(base: str | None, config: PipelineConfig, seed: int):
@@ -95,9 +110,15 @@ def fit(
     if len(students) != 1:
         raise ConfigError(
             f"fit trains one student; methods must name exactly one of support-only, "
-            f"support+base, ti, dafusion, tint (got {list(config.methods)})"
+            f"support+base, name, ti, dafusion, tint (got {list(config.methods)})"
         )
     method = students[0]
+    if method == "support+base" and not base:
+        raise ConfigError(
+            "--method support+base needs base-class images: pass --base (a folder of class "
+            "folders or a dataset NAME[:SPLIT]), or use --method support-only"
+        )
+    config = effective_config(config, base)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     setup_logging(out)
@@ -128,23 +149,29 @@ def fit(
         pick = np.sort(
             rng.choice(len(base_ds), size=min(config.base_images, len(base_ds)), replace=False)
         )
-        data.base = _uint8(base_ds.load_images(pick), config.image_size)
+        base_pil = base_ds.load_images(pick)
+        data.base = _uint8(base_pil, config.image_size)
+        data.teacher_base = teacher_view(base_pil, config.teacher_input_size)
 
     timings: dict[str, float] = {}
     gen = specialize_and_generate(data, config, out, seed)
     timings.update(gen.get("_timings", {}))
-    synthetic = {
-        g: _resize_uint8(gen[g].load_tensor()[0], config.image_size) for g in config.generators
-    }
+    raw = {g: gen[g].load_tensor()[0] for g in config.generators}
+    prep = generator_prep(config)
+    synthetic = {g: student_synthetic(x, prep, config.image_size) for g, x in raw.items()}
 
     t0 = time.perf_counter()
     teacher = build_episode_teacher(data, config)
+    teacher_size = int(teacher.input_size)
     labels: dict[str, torch.Tensor] = {}
     if data.base is not None:
-        labels["base"] = pseudo_label(teacher, data.base, out / "labels" / "base.safetensors")
+        labels["base"] = pseudo_label(
+            teacher, data.teacher_base, out / "labels" / "base.safetensors"
+        )
     val = None
     for g, x in synthetic.items():
-        labels[g] = pseudo_label(teacher, x, out / "labels" / f"{g}.safetensors")
+        tx = teacher_synthetic(raw[g], prep, teacher_size)
+        labels[g] = pseudo_label(teacher, tx, out / "labels" / f"{g}.safetensors")
         if g == method:
             # Hold out a slice of the synthetic set; the curve is agreement with the teacher.
             n_hold = max(data.ways, int(HOLDOUT_FRACTION * len(x)))
@@ -171,6 +198,22 @@ def fit(
         "generator": resolve_generator(config.generator),
         "teacher": config.teacher,
         "student": {"arch": config.student, "input_size": config.image_size},
+        # What each model was actually given (issue 14: the report must say what was used).
+        "inputs": {
+            "teacher": {
+                "input_size": teacher_size,
+                "images": "originals (resized only when sizes differ or exceed the input size)",
+            },
+            "student": {
+                "input_size": config.image_size,
+                "base_pretrained": pretrained is not None,
+                "base_images": 0 if data.base is None else len(data.base),
+            },
+            "generator": {
+                "image_prep": prep.to_dict(),
+                "synthetic_frame": "cropped" if prep.content not in (None, prep.size) else "none",
+            },
+        },
         "model": str(onnx_path),
         "teacher_agreement_on_heldout_synthetic": result.final_val_acc,
         "timings": timings,
