@@ -77,7 +77,7 @@ def main() -> None:
     # Frame brightness, as the student (32 px) sees real and generated images.
     from tinyshot.diffusion.ddim import ddim_sample, make_schedule
 
-    sched = make_schedule(model, 10, "leading")
+    sched = make_schedule(model, 10, None)
     names = [ds.class_names[c] for c in range(ds.num_classes)]
     cond = model.encode_text([f"a photo of a {n.lower()}" for n in names for _ in range(args.gen)])
     empty = model.empty_embedding()
