@@ -203,3 +203,16 @@ def test_fit_without_base_says_it_used_none_and_name_uses_folder_names(novel, tm
     bad = ["fit", str(data), "--out", str(tmp_path / "r2"), "--method", "support+base"]
     assert main(bad) == 2
     assert "--base" in capsys.readouterr().err
+
+
+def test_episode_config_records_the_effective_inputs(novel):
+    from tinyshot.pipeline.episode import effective_inputs
+
+    cfg = PipelineConfig(methods=("teacher", "support+base", "name"), base_images=1500)
+    eff = effective_inputs(cfg, None)
+    assert eff["pretrain_student"] is False and eff["base_images"] == 0
+    assert eff["generator_image_prep"] == FASHION_PREP.to_dict()
+    eff = effective_inputs(cfg, novel[1])  # 5000 images: all 1500 used, pretraining on
+    assert eff["pretrain_student"] is True and eff["base_images"] == 1500
+    only = PipelineConfig(methods=("teacher", "support-only"))
+    assert effective_inputs(only, novel[1])["base_images"] == 0

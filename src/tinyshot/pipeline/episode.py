@@ -443,6 +443,21 @@ def distill_student(
     return student, result
 
 
+def effective_inputs(config: PipelineConfig, base_ds: FewShotDataset | None) -> dict[str, Any]:
+    """What the episode actually uses, where the configuration alone would overstate it
+    (no base dataset: no base images, no base-class pretraining)."""
+    students = [m for m in config.methods if m in STUDENT_METHODS]
+    uses_base = any(m not in ("teacher", "support-only") for m in config.methods)
+    n_base = min(config.base_images, len(base_ds)) if uses_base and base_ds is not None else 0
+    return {
+        "pretrain_student": bool(config.pretrain_student and base_ds is not None and students),
+        "base_images": n_base,
+        "student_input_size": config.image_size,
+        "teacher_input_size": config.teacher_input_size,
+        "generator_image_prep": generator_prep(config).to_dict() if config.generators else None,
+    }
+
+
 def run_pipeline_episode(
     episode: Episode,
     support_ds: FewShotDataset,
@@ -467,7 +482,12 @@ def run_pipeline_episode(
     work.mkdir(parents=True, exist_ok=True)
     write_json(
         work / "config.json",
-        {"config": config.to_dict(), "episode": episode.to_dict(), "seed": seed},
+        {
+            "config": config.to_dict(),
+            "effective": effective_inputs(config, base_ds),
+            "episode": episode.to_dict(),
+            "seed": seed,
+        },
     )
     data = load_episode_data(episode, support_ds, query_ds, base_ds, config, seed)
     if data.query is None:
