@@ -45,7 +45,9 @@ def _synthetic_rows(
 def _alpha_rows(
     report: Report, episode_dir: Path, generator: str, class_names: list[str], used: float
 ) -> None:
-    """The alpha sweep: one support image per class, alpha 0 (reconstruction) .. 1 (new sample)."""
+    """The alpha sweep: one support image per class, alpha 0 (reconstruction) .. 1 (new sample),
+    in the supports' frame (crop_generator_frame)."""
+    from tinyshot.data.transforms import crop_generator_frame, images_to_tensor, tensor_to_pil
     from tinyshot.diffusion.artifacts import load_artifacts
     from tinyshot.diffusion.generate import alpha_sweep
     from tinyshot.diffusion.model import load_diffusion_model
@@ -55,6 +57,7 @@ def _alpha_rows(
     if not spec.is_dir():
         return
     model = load_diffusion_model(resolve_generator(generator))
+    prep = model.image_prep
     artifacts = load_artifacts(spec)
     report.heading("Alpha sweep (TINT, Eq. 3-4)", 3)
     report.paragraph(
@@ -65,6 +68,7 @@ def _alpha_rows(
     )
     for c, name in enumerate(class_names):
         row = alpha_sweep(model, artifacts, c, 0, ALPHAS, seed=c)
+        row = [tensor_to_pil(x) for x in crop_generator_frame(images_to_tensor(row), prep)]
         report.images(f"{name}", row)
 
 
