@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,3 +40,148 @@ def tensor_to_uint8(x: torch.Tensor) -> np.ndarray:
     """(N,3,H,W) in [0,1] -> (N,H,W,3) uint8."""
     x = x.detach().float().clamp(0, 1).cpu()
     return (x.permute(0, 2, 3, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
+
+
+# ------------------------------------------------------------------ the generator's image preparation
+
+PREP_MODES = ("pad", "resize")
+
+
+@dataclass(frozen=True)
+class ImagePrep:
+    """How a generator's training images were prepared, so every stage that feeds it (or
+    compares with its output) prepares images the same way.
+
+    mode "pad": the image (downscaled to `content_size` when larger) is centred on a
+    `size` x `size` canvas filled with `pad_value` (Fashion-MNIST: 28 px in 32 px, black).
+    mode "resize": square-cropped and resized to `size` (Stable Diffusion; the default for
+    models without a record). `grey`: trained on grey images (3 equal channels).
+    """
+
+    mode: str = "resize"
+    size: int | None = None
+    content_size: int | None = None
+    pad_value: int = 0
+    grey: bool = False
+
+    def __post_init__(self) -> None:
+        from tinyshot.errors import ConfigError
+
+        if self.mode not in PREP_MODES:
+            raise ConfigError(f"image_prep mode must be one of {PREP_MODES}, got {self.mode!r}")
+        if self.size is not None and self.size < 1:
+            raise ConfigError(f"image_prep size must be >= 1, got {self.size}")
+        if self.content_size is not None and not (
+            1 <= self.content_size <= (self.size or self.content_size)
+        ):
+            raise ConfigError(
+                f"image_prep content_size {self.content_size} must be in [1, size={self.size}]"
+            )
+        if not 0 <= int(self.pad_value) <= 255:
+            raise ConfigError(f"image_prep pad_value must be in [0, 255], got {self.pad_value}")
+
+    @property
+    def content(self) -> int | None:
+        """Side of the real image inside the canvas (pad mode); None when it fills the canvas."""
+        if self.mode != "pad" or self.size is None:
+            return None
+        return self.content_size or self.size
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "size": self.size,
+            "content_size": self.content_size,
+            "pad_value": int(self.pad_value),
+            "grey": bool(self.grey),
+        }
+
+    @classmethod
+    def from_dict(
+        cls, d: dict[str, Any] | None, size: int | None = None, where: str = ""
+    ) -> ImagePrep:
+        """From a tinyshot.json `image_prep` block; None (no record) gives resize to `size`."""
+        from tinyshot.errors import ConfigError
+
+        if d is None:
+            return cls(mode="resize", size=size)
+        if not isinstance(d, dict):
+            raise ConfigError(f"{where}: image_prep must be an object, got {type(d).__name__}")
+        known = {"mode", "size", "content_size", "pad_value", "grey"}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(
+                f"{where}: unknown image_prep key(s) {unknown}; known {sorted(known)}"
+            )
+        merged = {"size": size, **d}
+        try:
+            return cls(**merged)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from e
+
+
+def _square(img: Image.Image) -> Image.Image:
+    w, h = img.size
+    if w == h:
+        return img
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    return img.crop((left, top, left + s, top + s))
+
+
+def prepare_for_generator(
+    images: Sequence[Image.Image],
+    prep: ImagePrep,
+    upscale: str = "auto",
+    sr_model: str = "x4plus",
+    sr_input_size: int = 96,
+) -> torch.Tensor:
+    """(N,3,S,S) in [0,1]: images as the generator saw its training images (S = prep.size).
+
+    pad: square-crop, grey if the generator is grey, downscale to the content size only when
+    larger (smaller images keep their pixels exactly), centre on the pad-value canvas.
+    resize: the upscaling chain of diffusion.upscale (super-resolution for small inputs).
+    """
+    from tinyshot.errors import ConfigError
+
+    if prep.size is None:
+        raise ConfigError("image_prep has no canvas size; give the model's resolution")
+    size = int(prep.size)
+    mode = "L" if prep.grey else "RGB"
+    if prep.mode == "resize":
+        from tinyshot.diffusion.upscale import prepare_images
+
+        ims = [im.convert(mode).convert("RGB") for im in images]
+        return prepare_images(ims, size, upscale, sr_model, sr_input_size)
+    content = int(prep.content or size)
+    out = []
+    for im in images:
+        im = _square(im.convert(mode))
+        if im.size[0] > content:
+            im = im.resize((content, content), Image.Resampling.LANCZOS)
+        fill = int(prep.pad_value) if mode == "L" else (int(prep.pad_value),) * 3
+        canvas = Image.new(mode, (size, size), fill)
+        off = (size - im.size[0]) // 2  # as diffusion.pretrain.pad_to: top-left gets the floor
+        canvas.paste(im, (off, off))
+        out.append(pil_to_tensor(canvas.convert("RGB")))
+    return torch.stack(out) if out else torch.empty(0, 3, size, size)
+
+
+def crop_generator_frame(images: torch.Tensor, prep: ImagePrep) -> torch.Tensor:
+    """Generated (N,C,S,S) images back in the real images' frame: a pad-mode generator's
+    images lose the padded border (the inverse of prepare_for_generator's padding), so the
+    teacher, the student and Frechet distances compare like with like; otherwise unchanged."""
+    content = prep.content
+    side = images.shape[-1]
+    if content is None or content >= side or prep.size != side:
+        return images
+    off = (side - content) // 2
+    return images[..., off : off + content, off : off + content].contiguous()
+
+
+def frame_brightness(images: torch.Tensor, width: int = 2) -> float:
+    """Mean value in [0,1] of the outer `width`-pixel frame of (N,C,H,W) images (uint8 or float)."""
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    mask = torch.ones(x.shape[-2:], dtype=torch.bool)
+    mask[width:-width, width:-width] = False
+    return float(x[..., mask].mean())

@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--artifacts", required=True, help="folder written by `tinyshot specialize`")
     g.add_argument("--model", required=True, help="the model used for specialization")
-    g.add_argument("--method", choices=["tint", "ti", "dafusion"], default="tint")
+    g.add_argument("--method", choices=["tint", "ti", "dafusion", "name"], default="tint")
     g.add_argument("--per-class", type=int, required=True, help="images per class")
     g.add_argument("--out", required=True)
     g.add_argument("--alpha", type=float, default=1.0, help="TINT noise blend in [0,1] (default 1)")

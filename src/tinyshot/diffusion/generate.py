@@ -5,6 +5,8 @@
 - "ti": plain textual inversion: pure noise, class token, the standard empty-prompt null.
 - "dafusion": DA-Fusion style: the support latent noised to a random strength, then denoised
   with the class token (img2img).
+- "name": the skeptic's baseline, no TI/NTI: pure noise, the prompt "a photo of a {class name}"
+  (the model's own training caption for a class it was trained on), the empty-prompt null.
 
 Each image's support pick and noise come from derive_seed(seed, class, index) alone, so the
 set does not depend on batching order, and a resumed run reproduces an uninterrupted one.
@@ -36,7 +38,8 @@ from tinyshot.utils.seed import derive_seed, torch_generator
 
 log = get_logger("diffusion.generate")
 
-METHODS = ("tint", "ti", "dafusion")
+METHODS = ("tint", "ti", "dafusion", "name")
+NAME_TEMPLATE = "a photo of a {}"
 DAFUSION_STRENGTHS = (0.25, 0.5, 0.75, 1.0)
 
 
@@ -169,7 +172,7 @@ def _run_batch(
         if ctx.method == "tint":
             rec.update(support_index=k, alpha=ctx.alpha)
             starts.append(0)
-        elif ctx.method == "ti":
+        elif ctx.method in ("ti", "name"):
             rec.update(support_index=None, alpha=None)
             starts.append(0)
         else:
@@ -191,7 +194,7 @@ def _run_batch(
             return bank[row_t[r.to(dev)], i if bank.shape[1] > 1 else 0]
 
     else:
-        if ctx.method == "ti":
+        if ctx.method in ("ti", "name"):
             z = noise
         else:
             a = sched.alpha[start_t].to(dev).reshape(-1, 1, 1, 1)
@@ -245,6 +248,19 @@ def generate(
     if not strengths or any(not (0.0 < s <= 1.0) for s in strengths):
         raise ConfigError(f"DA-Fusion strengths must be in (0, 1], got {strengths}")
     a0 = artifacts[0]
+    if method == "name":  # only the class names and the sampling settings are used
+        return generate_from_names(
+            model,
+            [a.class_name for a in artifacts],
+            n_per_class=n_per_class,
+            out_dir=out_dir,
+            batch_size=batch_size,
+            seed=seed,
+            guidance=float(a0.guidance if guidance is None else guidance),
+            steps=steps or a0.num_inference_steps,
+            timestep_spacing=a0.timestep_spacing,
+            show_progress=show_progress,
+        )
     for a in artifacts:
         if a.num_support < 1:
             raise ConfigError(f"class {a.class_name!r}: artifact has no support images")
@@ -296,8 +312,34 @@ def generate(
         "artifacts_sha256": _artifacts_digest(artifacts),
         "resolution": model.resolution,
     }
+    return _fill_store(
+        model,
+        ctx,
+        [a.class_name for a in artifacts],
+        settings,
+        out_dir,
+        n_per_class,
+        batch_size,
+        seed,
+        show_progress,
+    )
+
+
+def _fill_store(
+    model: DiffusionModel,
+    ctx: _Context,
+    class_names: list[str],
+    settings: dict[str, Any],
+    out_dir: str | Path,
+    n_per_class: int,
+    batch_size: int,
+    seed: int,
+    show_progress: bool | None,
+) -> ImageStore:
+    """Sample every missing (class, index) item into out_dir's store, batch by batch."""
+    method = ctx.method
     store = ImageStore.create_or_resume(out_dir, settings, growable=("n_per_class",))
-    n = len(artifacts)
+    n = len(class_names)
     items = [(c, j) for j in range(n_per_class) for c in range(n)]
     batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
     done = store.done_keys()
@@ -333,7 +375,7 @@ def generate(
                     key = (r["class_index"], r["index"])
                     if key in done:
                         continue
-                    r["class_name"] = artifacts[r["class_index"]].class_name
+                    r["class_name"] = class_names[r["class_index"]]
                     r["path"] = f"images/{r['class_index']:03d}/{r['index']:06d}.png"
                     recs.append(r)
                     keep.append(arr)
@@ -351,6 +393,87 @@ def generate(
     if made:
         log.info("generated %d images in %.1f s (%.3f s/image) -> %s", made, dt, dt / made, out_dir)
     return ImageStore(out_dir)
+
+
+def name_prompt(model: DiffusionModel, class_name: str) -> str:
+    """ "a photo of a {class name}": the model's own training caption when it was trained on the
+    class (tinyshot.json class_captions), else the name with underscores as spaces."""
+    if class_name in model.class_captions:
+        return model.class_captions[class_name]
+    words = " ".join(class_name.replace("_", " ").split())
+    if not words:
+        raise ConfigError(f"class name {class_name!r} has no words to put in a prompt")
+    return NAME_TEMPLATE.format(words)
+
+
+def generate_from_names(
+    model: DiffusionModel,
+    class_names: Sequence[str],
+    n_per_class: int = 100,
+    out_dir: str | Path = "synthetic",
+    batch_size: int = 16,
+    seed: int = 0,
+    guidance: float = 3.0,
+    steps: int = 10,
+    timestep_spacing: str | None = None,
+    show_progress: bool | None = None,
+) -> ImageStore:
+    """The `name` baseline: fresh noise, "a photo of a {class name}", the empty-prompt null;
+    needs no specialization. Resumable and batch-independent like `generate` (same noise draws
+    as TI's images of the same index)."""
+    from tinyshot.diffusion.ddim import resolve_spacing
+
+    names = list(class_names)
+    if not names:
+        raise ConfigError("no class names given")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"duplicate class names: {names}")
+    if n_per_class < 1:
+        raise ConfigError(f"n_per_class must be >= 1, got {n_per_class}")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    if steps < 1:
+        raise ConfigError(f"steps must be >= 1, got {steps}")
+    prompts = [name_prompt(model, c) for c in names]
+    spacing = resolve_spacing(model, timestep_spacing)
+    n = len(names)
+    zeros = torch.zeros((n, *model.latent_shape), device=model.device)
+    with torch.no_grad():
+        cond = model.encode_text(prompts)
+    ctx = _Context(
+        method="name",
+        schedule=make_schedule(model, steps, spacing),
+        guidance=float(guidance),
+        alpha=1.0,
+        strengths=DAFUSION_STRENGTHS,
+        cond=cond,
+        empty=model.empty_embedding(),
+        null_bank=None,
+        zT_bank=zeros,
+        z0_bank=zeros,
+        offsets=list(range(n)),
+        num_support=[1] * n,
+        latent_shape=tuple(model.latent_shape),
+    )
+    log.info("name prompts: %s", "; ".join(prompts))
+    settings = {
+        "method": "name",
+        "alpha": None,
+        "strengths": None,
+        "seed": seed,
+        "guidance": float(guidance),
+        "steps": steps,
+        "timestep_spacing": spacing,
+        "batch_size": batch_size,
+        "n_per_class": n_per_class,
+        "class_names": names,
+        "prompts": prompts,
+        "model_id": model.model_id,
+        "resolution": model.resolution,
+    }
+    return _fill_store(
+        model, ctx, names, settings, out_dir, n_per_class, batch_size, seed, show_progress
+    )
 
 
 @torch.inference_mode()

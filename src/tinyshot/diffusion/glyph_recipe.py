@@ -74,5 +74,13 @@ def glyphs_recipe(
         "scripts": uniq,
         "generic_fraction": generic_fraction,
         "class_captions": {s: CAPTION_TEMPLATE.format(script_word(s)) for s in uniq},
+        # Rendered at the canvas size; smaller renderings are padded with white (generator_images).
+        "image_prep": {
+            "mode": "pad",
+            "size": image_size,
+            "content_size": image_size,
+            "pad_value": 255,
+            "grey": True,
+        },
     }
     return CaptionedImages(images, captions, "glyphs-background", info)

@@ -63,6 +63,10 @@ class DiffusionModel:
     model_id: str = "unnamed"
     caption_template: str = DEFAULT_TEMPLATE
     image_size: int | None = None
+    # How the training images were prepared (tinyshot.json "image_prep"); None: resize.
+    image_prep_record: dict[str, Any] | None = None
+    # Captions the model was trained with per class name (tinyshot.json "class_captions").
+    class_captions: dict[str, str] = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
     _empty: torch.Tensor | None = field(default=None, repr=False)
@@ -92,6 +96,13 @@ class DiffusionModel:
         if self.pixel_space and self.image_size:
             return int(self.image_size)
         return self.latent_size * self.vae_scale_factor
+
+    @property
+    def image_prep(self):
+        """The generator's image preparation (data.transforms.ImagePrep) at its resolution."""
+        from tinyshot.data.transforms import ImagePrep
+
+        return ImagePrep.from_dict(self.image_prep_record, self.resolution, self.model_id)
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -237,6 +248,10 @@ class DiffusionModel:
                 "image_size": self.resolution,
                 "caption_template": self.caption_template,
             }
+            if self.image_prep_record is not None:
+                meta["image_prep"] = self.image_prep_record
+            if self.class_captions:
+                meta["class_captions"] = self.class_captions
             if self.vae is not None:
                 self.vae.save_pretrained(tmp / "vae")
                 index = {
@@ -382,6 +397,8 @@ def _load_local(path: Path, dev: torch.device, dt: torch.dtype) -> DiffusionMode
         model_id=str(path.resolve()),
         caption_template=meta.get("caption_template", DEFAULT_TEMPLATE),
         image_size=meta.get("image_size"),
+        image_prep_record=meta.get("image_prep"),
+        class_captions=dict(meta.get("class_captions") or {}),
         device=dev,
         dtype=dt,
     )
@@ -466,6 +483,23 @@ def _load_single_file(
     )
     _check_shapes(model, path)
     return _prepare_modules(model)
+
+
+def read_image_prep(path_or_hub_id: str | Path):
+    """A generator's ImagePrep from its tinyshot.json without loading weights; models without
+    a record (Stable Diffusion folders, hub ids) resize to their resolution."""
+    from tinyshot.data.transforms import ImagePrep
+
+    path = Path(str(path_or_hub_id)).expanduser()
+    meta: dict[str, Any] = {}
+    if (path / TINYSHOT_JSON).is_file():
+        meta = json.loads((path / TINYSHOT_JSON).read_text())
+    size = meta.get("image_size")
+    if size is None and (path / "unet" / "config.json").is_file():
+        unet_cfg = json.loads((path / "unet" / "config.json").read_text())
+        vae = 8 if (path / "vae").is_dir() and not meta.get("pixel_space") else 1
+        size = int(unet_cfg.get("sample_size", 64)) * vae
+    return ImagePrep.from_dict(meta.get("image_prep"), size, str(path / TINYSHOT_JSON))
 
 
 def _load_hub(repo: str, dev: torch.device, dt: torch.dtype) -> DiffusionModel:

@@ -143,6 +143,14 @@ def fashion_mnist_recipe(
         "class_captions": {
             ds.class_names[c]: CAPTION_TEMPLATE.format(w) for c, w in FASHION_BASE_WORDS.items()
         },
+        # 28 px grey images zero-padded (pad_to) onto the canvas: see data.transforms.ImagePrep.
+        "image_prep": {
+            "mode": "pad",
+            "size": image_size,
+            "content_size": 28,
+            "pad_value": 0,
+            "grey": True,
+        },
     }
     return CaptionedImages(images, captions, "fashion-mnist-base", info)
 
@@ -591,6 +599,7 @@ def export_model_folder(
         "generic_caption": GENERIC_CAPTION,
         "recipe": data.recipe,
         "class_captions": data.info.get("class_captions", {}),
+        "image_prep": data.info.get("image_prep"),
         "weights_dtype": cfg.save_dtype,
         "train": {k: v for k, v in summary.items() if k != "recipe_info"},
         "data": data.info,

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from tinyshot.data.transforms import prepare_for_generator
 from tinyshot.diffusion.artifacts import ClassArtifact, artifact_done, load_artifacts
 from tinyshot.diffusion.config import SpecializeConfig
 from tinyshot.diffusion.ddim import make_schedule, resolve_spacing
@@ -34,7 +35,6 @@ from tinyshot.diffusion.textual_inversion import (
     support_loss,
     train_tokens,
 )
-from tinyshot.diffusion.upscale import prepare_images
 from tinyshot.errors import ConfigError, DataError
 from tinyshot.utils.io import atomic_write, read_json, write_json
 from tinyshot.utils.logging import bars_on_terminal, get_logger, progress
@@ -53,11 +53,13 @@ def _template(model: DiffusionModel, cfg: SpecializeConfig) -> str:
 def prepare_support_latents(
     model: DiffusionModel, images_per_class: list[list[Image.Image]], cfg: SpecializeConfig
 ) -> tuple[list[torch.Tensor], str]:
-    """Upscale/resize each class's images and encode them once; returns latents and a digest."""
+    """Prepare each class's images as the generator's training images were (pad or resize,
+    see model.image_prep) and encode them once; returns latents and a digest."""
     h = hashlib.sha256()
     latents = []
+    prep = model.image_prep
     for imgs in images_per_class:
-        x = prepare_images(imgs, model.resolution, cfg.upscale, cfg.sr_model, cfg.sr_input_size)
+        x = prepare_for_generator(imgs, prep, cfg.upscale, cfg.sr_model, cfg.sr_input_size)
         h.update(x.numpy().tobytes())
         latents.append(model.encode(x))
     return latents, h.hexdigest()

@@ -522,6 +522,15 @@ def hold_out_supports(
     Returns (the remaining data, held-out images uint8, their labels). A class needs more
     than `per_class` images, or it would have none left to learn from.
     """
+    rest, held = split_supports(data, per_class, seed)
+    return rest, held.support, held.support_labels
+
+
+def split_supports(data: Any, per_class: int, seed: int) -> tuple[Any, Any]:
+    """(remaining, held out): two EpisodeData, each with the student's and the teacher's view
+    of its supports, so a held-out image reaches neither model's training in any size."""
+    import dataclasses
+
     from tinyshot.errors import ConfigError
 
     if per_class < 1:
@@ -533,19 +542,23 @@ def hold_out_supports(
             "left for training; add images or lower --holdout"
         )
     keep, hold = holdout_split(data.support_labels, per_class, seed)
-    keep_set = set(keep.tolist())
-    pil, flat = [], 0
-    for imgs in data.support_pil:
-        pil.append([im for j, im in enumerate(imgs) if flat + j in keep_set])
-        flat += len(imgs)
-    rest = type(data)(
-        class_names=list(data.class_names),
-        support_pil=pil,
-        support=data.support[keep],
-        support_labels=data.support_labels[keep],
-        base=data.base,
-    )
-    return rest, data.support[hold], data.support_labels[hold]
+
+    def subset(rows: torch.Tensor) -> Any:
+        chosen = set(rows.tolist())
+        pil, flat = [], 0
+        for imgs in data.support_pil:
+            pil.append([im for j, im in enumerate(imgs) if flat + j in chosen])
+            flat += len(imgs)
+        teacher = data.teacher_support
+        return dataclasses.replace(
+            data,
+            support_pil=pil,
+            support=data.support[rows],
+            support_labels=data.support_labels[rows],
+            teacher_support=None if teacher is None else teacher[rows],
+        )
+
+    return subset(keep), subset(hold)
 
 
 def intended_labels(store: Any) -> torch.Tensor:

@@ -64,8 +64,8 @@ def _register_demo(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="offline end-to-end demo on Fashion-MNIST: TINT vs baselines, table + report.html",
         description="Specialize the shipped generator on each episode's supports, generate "
-        "synthetic images (TINT, plain TI, DA-Fusion), pseudo-label with the teacher, distill "
-        "Conv4 students under five settings and evaluate them on the test split. Rerun the same "
+        "synthetic images (TINT, plain TI, DA-Fusion, class-name prompts), pseudo-label with the teacher, distill "
+        "Conv4 students under each setting and evaluate them on the test split. Rerun the same "
         "command to resume.",
     )
     p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
@@ -77,7 +77,7 @@ def _register_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="episode sampling seed (default 0)")
     p.add_argument(
         "--methods",
-        help="comma-separated subset of teacher,support-only,support+base,ti,dafusion,tint",
+        help="comma-separated subset of teacher,support-only,support+base,name,ti,dafusion,tint",
     )
     _add_pipeline_options(p)
     p.set_defaults(func=cmd_demo)
@@ -117,8 +117,9 @@ def _register_fit(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--method",
         default="tint",
-        choices=["tint", "ti", "dafusion", "support+base", "support-only"],
-        help="which data the student learns from (default tint)",
+        choices=["tint", "ti", "dafusion", "name", "support+base", "support-only"],
+        help="which data the student learns from (default tint; name: images of "
+        "'a photo of a {folder name}', underscores as spaces)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(

@@ -25,7 +25,13 @@ import torch
 
 from tinyshot.data.episodes import Episode
 from tinyshot.errors import ConfigError
-from tinyshot.pipeline.episode import GENERATORS, METHODS, PipelineConfig, resolve_generator
+from tinyshot.pipeline.episode import (
+    GENERATORS,
+    METHODS,
+    PipelineConfig,
+    generator_prep,
+    resolve_generator,
+)
 from tinyshot.utils.io import read_json, write_json
 from tinyshot.utils.logging import get_logger, progress, setup_logging
 from tinyshot.utils.seed import derive_seed
@@ -36,6 +42,7 @@ METHOD_LABELS = {
     "teacher": "teacher (EffNet-Lite0 ProtoNet, 3.4M params)",
     "support-only": "student: support only",
     "support+base": "student: support + base (LabelHalluc)",
+    "name": "student: + class-name prompt synthetic",
     "ti": "student: + plain-TI synthetic",
     "dafusion": "student: + DA-Fusion synthetic",
     "tint": "student: + TINT synthetic (full method)",
@@ -169,9 +176,19 @@ def format_table(
 
 @torch.no_grad()
 def frechet_per_class(
-    out: Path, episode_dir: Path, query_ds, class_names: list[str], generators: list[str], n: int
+    out: Path,
+    episode_dir: Path,
+    query_ds,
+    class_names: list[str],
+    generators: list[str],
+    n: int,
+    pipeline: PipelineConfig | None = None,
 ) -> dict[str, Any]:
-    """Per generator and class: Frechet distance between n generated and n real test images."""
+    """Per generator and class: Frechet distance between n generated and n real test images.
+
+    Generated images lose the generator's pad border first (crop_generator_frame), so both
+    sides are in the real images' frame (a black frame alone would add distance)."""
+    from tinyshot.data.transforms import crop_generator_frame, images_to_tensor, tensor_to_pil
     from tinyshot.diffusion.store import ImageStore
     from tinyshot.evaluation.frechet import EFFNET_METRIC, BackboneFeatures, frechet_between
     from tinyshot.models.backbones import build_backbone
@@ -179,6 +196,7 @@ def frechet_per_class(
     cache = out / "frechet.json"
     if cache.is_file():
         return read_json(cache)
+    prep = generator_prep(pipeline or PipelineConfig())
     extractor = BackboneFeatures(build_backbone("efficientnet-lite0", input_size=96), EFFNET_METRIC)
     per: dict[str, dict[str, float]] = {}
     for g in generators:
@@ -186,6 +204,7 @@ def frechet_per_class(
         per[g] = {}
         for c, name in enumerate(class_names):
             fake = store.load_images(c)[:n]
+            fake = [tensor_to_pil(x) for x in crop_generator_frame(images_to_tensor(fake), prep)]
             idx = query_ds.indices_of(query_ds.class_id(name))[:n]
             real = query_ds.load_images(idx)
             per[g][name] = frechet_between(fake, real, extractor).value
@@ -254,6 +273,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> dict[str,
             episodes[0].classes,
             generators,
             config.fd_images,
+            config.pipeline,
         )
     from tinyshot.evaluation.health import combine_episodes
 

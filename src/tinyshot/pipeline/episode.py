@@ -14,6 +14,13 @@ Methods (names shared by `demo`, `benchmark` and `fit`):
     support-only  student trained on the labelled support images only
     support+base  + teacher-labelled base-class images (the LabelHalluc setting)
     ti / dafusion / tint   + teacher-labelled synthetic images from that generator
+    name          + teacher-labelled images from "a photo of a {class name}" (no TI/NTI)
+
+Each model sees its own input: the generator the images prepared as its training images were
+(data.transforms.prepare_for_generator), the teacher the original images (resized only to its
+own input size when they differ in size or are larger), the student the images at its input
+size. Generated images lose a pad-mode generator's border (crop_generator_frame) before the
+teacher or the student sees them, so real and synthetic images share one frame.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import torch
 
 from tinyshot.data.base import FewShotDataset
 from tinyshot.data.episodes import Episode
-from tinyshot.data.transforms import images_to_tensor
+from tinyshot.data.transforms import crop_generator_frame, images_to_tensor
 from tinyshot.errors import ConfigError
 from tinyshot.utils.device import resolve_device
 from tinyshot.utils.io import read_json, write_json
@@ -39,7 +46,9 @@ from tinyshot.utils.timing import StageTimes
 
 log = get_logger("pipeline.episode")
 
-GENERATORS = ("ti", "dafusion", "tint")
+GENERATORS = ("name", "ti", "dafusion", "tint")
+# Generators that need the episode's TI/NTI specialization ("name" needs none).
+SPECIALIZED = ("ti", "dafusion", "tint")
 STUDENT_METHODS = ("support-only", "support+base", *GENERATORS)
 METHODS = ("teacher", *STUDENT_METHODS)
 # Base-class pretrained students shipped for the demo (same file names as the cache's keys).
@@ -80,7 +89,7 @@ class PipelineConfig:
     kd_temperature: float = 1.0
     # Student and its base-class pretraining (cached per dataset, paid once).
     student: str = "conv4"
-    image_size: int = 32  # student input size; every source is resized to it
+    image_size: int = 32  # student input size; every student source is resized to it
     pretrain_student: bool = True
     pretrain: dict[str, Any] = field(
         default_factory=lambda: {"iterations": 1500, "batch_size": 128, "lr": 0.05}
@@ -142,7 +151,8 @@ def resolve_generator(name: str) -> str:
 
 @dataclass
 class EpisodeData:
-    """The images of one episode at the student's input size, as uint8 tensors."""
+    """The images of one episode as uint8 tensors: at the student's input size (support, query,
+    base) and as the teacher sees them (teacher_*: the originals, see teacher_view)."""
 
     class_names: list[str]
     support_pil: list[list[Any]]  # per class, PIL images (generator input)
@@ -151,14 +161,67 @@ class EpisodeData:
     query: torch.Tensor | None = None
     query_labels: torch.Tensor | None = None
     base: torch.Tensor | None = None
+    teacher_support: torch.Tensor | None = None
+    teacher_query: torch.Tensor | None = None
+    teacher_base: torch.Tensor | None = None
 
     @property
     def ways(self) -> int:
         return len(self.class_names)
 
 
-def _uint8(images: Sequence[Any], size: int) -> torch.Tensor:
+def _uint8(images: Sequence[Any], size: int | None) -> torch.Tensor:
     return (images_to_tensor(list(images), size) * 255).round().to(torch.uint8)
+
+
+def teacher_view(images: Sequence[Any], size: int | None) -> torch.Tensor:
+    """The teacher's input: the original images, untouched when they share one square size no
+    larger than the teacher's input size (its backbone resizes them itself), else resized to it.
+    Never the student's small copies: at 32 px the fit teacher lost 10 points (issue 14)."""
+    images = list(images)
+    sides = {im.size for im in images}
+    if len(sides) == 1:
+        w, h = next(iter(sides))
+        if w == h and (size is None or w <= size):
+            return _uint8(images, None)
+    return _uint8(images, size or max(max(s) for s in sides))
+
+
+def _as_uint8(x: torch.Tensor) -> torch.Tensor:
+    """ImageStore tensors are floats k/255: back to their exact uint8 values."""
+    return x if x.dtype == torch.uint8 else (x.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def teacher_synthetic(x: torch.Tensor, prep: Any, size: int | None) -> torch.Tensor:
+    """Generated images as the teacher sees them: without the generator's pad frame, shrunk
+    only when larger than its input size."""
+    x = crop_generator_frame(_as_uint8(x), prep)
+    if size is not None and x.shape[-1] > size:
+        x = _resize_uint8(x, size)
+    return x
+
+
+def student_synthetic(x: torch.Tensor, prep: Any, size: int, chunk: int = 1000) -> torch.Tensor:
+    """Generated images as the student sees them: without the pad frame, at its input size, by
+    the same resize its real images get (_uint8), so a generated image equal to a prepared
+    support is exactly that support to the student."""
+    from PIL import Image
+
+    x = crop_generator_frame(_as_uint8(x), prep)
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x.contiguous()
+    out = []
+    for i in range(0, len(x), chunk):
+        arrs = x[i : i + chunk].permute(0, 2, 3, 1).numpy()
+        out.append(_uint8([Image.fromarray(a, mode="RGB") for a in arrs], size))
+    return torch.cat(out) if out else torch.empty(0, 3, size, size, dtype=torch.uint8)
+
+
+def generator_prep(config: PipelineConfig) -> Any:
+    """The configured generator's image preparation (from its tinyshot.json; no weights read)."""
+    from tinyshot.diffusion.model import read_image_prep
+
+    return read_image_prep(resolve_generator(config.generator))
 
 
 def load_episode_data(
@@ -170,27 +233,34 @@ def load_episode_data(
     seed: int,
 ) -> EpisodeData:
     size = config.image_size
+    tsize = config.teacher_input_size
     support_pil = [
         support_ds.load_images([support_ds.index_of(i) for i in ids]) for ids in episode.support
     ]
     labels = [c for c, imgs in enumerate(support_pil) for _ in imgs]
+    flat = [im for imgs in support_pil for im in imgs]
     data = EpisodeData(
         class_names=list(episode.classes),
         support_pil=support_pil,
-        support=_uint8([im for imgs in support_pil for im in imgs], size),
+        support=_uint8(flat, size),
         support_labels=torch.tensor(labels, dtype=torch.long),
+        teacher_support=teacher_view(flat, tsize),
     )
     if episode.query:
         qds = query_ds or support_ds
         idx, qlab = episode.query_indices(qds)
-        data.query = _uint8(qds.load_images(idx), size)
+        query_pil = qds.load_images(idx)
+        data.query = _uint8(query_pil, size)
+        data.teacher_query = teacher_view(query_pil, tsize)
         data.query_labels = torch.from_numpy(qlab)
     uses_base = any(m not in ("teacher", "support-only") for m in config.methods)
     if uses_base and base_ds is not None and config.base_images > 0:
         rng = np.random.default_rng(derive_seed(seed, "base"))
         n = min(config.base_images, len(base_ds))
         pick = np.sort(rng.choice(len(base_ds), size=n, replace=False))
-        data.base = _uint8(base_ds.load_images(pick), size)
+        base_pil = base_ds.load_images(pick)
+        data.base = _uint8(base_pil, size)
+        data.teacher_base = teacher_view(base_pil, tsize)
     return data
 
 
@@ -213,7 +283,7 @@ def specialize_and_generate(
 ) -> dict[str, Any]:
     """Stage 1: TINT specialization, then each requested generator's synthetic set."""
     from tinyshot.diffusion.config import SpecializeConfig
-    from tinyshot.diffusion.generate import generate
+    from tinyshot.diffusion.generate import generate, generate_from_names
     from tinyshot.diffusion.model import load_diffusion_model
     from tinyshot.diffusion.specialize import specialize
 
@@ -225,12 +295,28 @@ def specialize_and_generate(
         {**config.specialize, "seed": derive_seed(seed, "spec") % 2**31}
     )
     times = StageTimes(work_dir)  # summed over attempts: a resumed run reports the total
-    with times.stage("specialize_s"):
-        artifacts = specialize(
-            model, data.support_pil, data.class_names, spec_cfg, work_dir / "specialize"
-        )
+    artifacts = None
+    if any(g in SPECIALIZED for g in config.generators):
+        with times.stage("specialize_s"):
+            artifacts = specialize(
+                model, data.support_pil, data.class_names, spec_cfg, work_dir / "specialize"
+            )
     for gen in config.generators:
         with times.stage(f"generate_{gen}_s"):
+            if gen == "name":
+                stores[gen] = generate_from_names(
+                    model,
+                    data.class_names,
+                    n_per_class=config.synthetic_per_class,
+                    out_dir=work_dir / "synthetic" / gen,
+                    batch_size=config.generation_batch_size,
+                    seed=derive_seed(seed, "generate") % 2**31,
+                    guidance=spec_cfg.guidance,
+                    steps=spec_cfg.num_inference_steps,
+                    timestep_spacing=spec_cfg.timestep_spacing,
+                )
+                continue
+            assert artifacts is not None
             stores[gen] = generate(
                 model,
                 artifacts,
@@ -242,7 +328,10 @@ def specialize_and_generate(
                 seed=derive_seed(seed, "generate") % 2**31,
             )
     totals = times.totals()
-    keys = ["specialize_s", *(f"generate_{g}_s" for g in config.generators)]
+    keys = [
+        *(["specialize_s"] if artifacts is not None else []),
+        *(f"generate_{g}_s" for g in config.generators),
+    ]
     stores["_timings"] = {k: totals.get(k, 0.0) for k in keys}
     return stores
 
@@ -257,8 +346,18 @@ def build_episode_teacher(data: EpisodeData, config: PipelineConfig):
         torch.manual_seed(derive_seed("teacher", config.teacher) % 2**63)
         teacher = build_teacher(config.teacher, checkpoint=config.teacher_checkpoint, **kw)
     teacher.eval().to(resolve_device(None if config.device == "auto" else config.device))
-    teacher.set_support(data.support.float() / 255.0, data.support_labels)
+    support = data.teacher_support if data.teacher_support is not None else data.support
+    teacher.set_support(support.float() / 255.0, data.support_labels)
     return teacher
+
+
+def teacher_accuracy(teacher: Any, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Teacher accuracy on uint8 images, in chunks (queries at the teacher's size are large)."""
+    hits = 0
+    for i in range(0, len(images), 500):
+        probs = teacher.predict_proba(images[i : i + 500].float() / 255.0)
+        hits += int((probs.argmax(1) == labels[i : i + 500]).sum())
+    return hits / max(1, len(images))
 
 
 def pretrained_student_path(base_ds: FewShotDataset | None, config: PipelineConfig) -> Path | None:
@@ -352,6 +451,21 @@ def distill_student(
     return student, result
 
 
+def effective_inputs(config: PipelineConfig, base_ds: FewShotDataset | None) -> dict[str, Any]:
+    """What the episode actually uses, where the configuration alone would overstate it
+    (no base dataset: no base images, no base-class pretraining)."""
+    students = [m for m in config.methods if m in STUDENT_METHODS]
+    uses_base = any(m not in ("teacher", "support-only") for m in config.methods)
+    n_base = min(config.base_images, len(base_ds)) if uses_base and base_ds is not None else 0
+    return {
+        "pretrain_student": bool(config.pretrain_student and base_ds is not None and students),
+        "base_images": n_base,
+        "student_input_size": config.image_size,
+        "teacher_input_size": config.teacher_input_size,
+        "generator_image_prep": generator_prep(config).to_dict() if config.generators else None,
+    }
+
+
 def run_pipeline_episode(
     episode: Episode,
     support_ds: FewShotDataset,
@@ -376,7 +490,12 @@ def run_pipeline_episode(
     work.mkdir(parents=True, exist_ok=True)
     write_json(
         work / "config.json",
-        {"config": config.to_dict(), "episode": episode.to_dict(), "seed": seed},
+        {
+            "config": config.to_dict(),
+            "effective": effective_inputs(config, base_ds),
+            "episode": episode.to_dict(),
+            "seed": seed,
+        },
     )
     data = load_episode_data(episode, support_ds, query_ds, base_ds, config, seed)
     if data.query is None:
@@ -385,20 +504,25 @@ def run_pipeline_episode(
     results: dict[str, dict[str, Any]] = {}
 
     gen = specialize_and_generate(data, config, work, seed)
-    synthetic = {g: gen[g].load_tensor()[0] for g in config.generators}
-    synthetic = {g: _resize_uint8(x, config.image_size) for g, x in synthetic.items()}
+    raw = {g: gen[g].load_tensor()[0] for g in config.generators}
+    prep = generator_prep(config)
+    synthetic = {g: student_synthetic(x, prep, config.image_size) for g, x in raw.items()}
 
     t0 = time.perf_counter()
     teacher = build_episode_teacher(data, config)
+    tsize = teacher.input_size
     labels: dict[str, torch.Tensor] = {}
     if data.base is not None:
-        labels["base"] = pseudo_label(teacher, data.base, work / "labels" / "base.safetensors")
-    for g, x in synthetic.items():
-        labels[g] = pseudo_label(teacher, x, work / "labels" / f"{g}.safetensors")
-    health = episode_health(teacher, data, labels, synthetic, gen, work, config)
+        tb = data.teacher_base if data.teacher_base is not None else data.base
+        labels["base"] = pseudo_label(teacher, tb, work / "labels" / "base.safetensors")
+    teacher_seen = {g: teacher_synthetic(x, prep, tsize) for g, x in raw.items()}
+    for g, tx in teacher_seen.items():
+        labels[g] = pseudo_label(teacher, tx, work / "labels" / f"{g}.safetensors")
+    health = episode_health(teacher, data, labels, teacher_seen, gen, work, config)
+    del raw, teacher_seen
     if "teacher" in config.methods:
-        probs = teacher.predict_proba(data.query.float() / 255.0)
-        acc = float((probs.argmax(1) == data.query_labels).double().mean())
+        tq = data.teacher_query if data.teacher_query is not None else data.query
+        acc = teacher_accuracy(teacher, tq, data.query_labels)
         results["teacher"] = {"accuracy": acc, "queries": n_query}
     teacher_s = time.perf_counter() - t0
     StageTimes(work).add("teacher_and_labels_s", teacher_s)
@@ -470,12 +594,12 @@ def episode_health(
     report = assess(
         teacher=teacher,
         class_names=data.class_names,
-        support=data.support,
+        support=data.teacher_support if data.teacher_support is not None else data.support,
         support_labels=data.support_labels,
         soft_labels={g: labels[g] for g in synthetic},
         intended={g: intended_labels(stores[g]) for g in synthetic},
         synthetic=synthetic,
-        spec_dir=work / "specialize" if synthetic else None,
+        spec_dir=work / "specialize" if (work / "specialize").is_dir() else None,
         sources=sources + [f"synthetic:{g}" for g in synthetic],
     )
     report.log_warnings()

@@ -28,13 +28,16 @@ from tinyshot.errors import ConfigError, DataError
 from tinyshot.pipeline.episode import (
     EpisodeData,
     PipelineConfig,
-    _resize_uint8,
     _uint8,
     build_episode_teacher,
     distill_student,
+    generator_prep,
     pretrained_student_path,
     resolve_generator,
     specialize_and_generate,
+    student_synthetic,
+    teacher_synthetic,
+    teacher_view,
 )
 from tinyshot.utils.io import read_json, write_json
 from tinyshot.utils.logging import get_logger, setup_logging
@@ -61,12 +64,24 @@ def _load_user_classes(data_dir: str | Path, config: PipelineConfig) -> EpisodeD
         raise DataError(f"{data_dir}: found {ds.num_classes} class folder(s); fit needs at least 2")
     support_pil = [ds.load_images(ds.indices_of(c)) for c in range(ds.num_classes)]
     labels = [c for c, imgs in enumerate(support_pil) for _ in imgs]
+    flat = [im for imgs in support_pil for im in imgs]
     return EpisodeData(
         class_names=list(ds.class_names),
         support_pil=support_pil,
-        support=_uint8([im for imgs in support_pil for im in imgs], config.image_size),
+        support=_uint8(flat, config.image_size),
         support_labels=torch.tensor(labels, dtype=torch.long),
+        teacher_support=teacher_view(flat, config.teacher_input_size),
     )
+
+
+def effective_config(config: PipelineConfig, base: str | None) -> PipelineConfig:
+    """The configuration as it will run: without --base there is no base-class pretraining and
+    no base images (config.json and the report must not claim them)."""
+    import dataclasses
+
+    if base:
+        return config
+    return dataclasses.replace(config, pretrain_student=False, base_images=0)
 
 
 def _load_base(base: str | None, config: PipelineConfig, seed: int):
@@ -101,9 +116,15 @@ def fit(
     if len(students) != 1:
         raise ConfigError(
             f"fit trains one student; methods must name exactly one of support-only, "
-            f"support+base, ti, dafusion, tint (got {list(config.methods)})"
+            f"support+base, name, ti, dafusion, tint (got {list(config.methods)})"
         )
     method = students[0]
+    if method == "support+base" and not base:
+        raise ConfigError(
+            "--method support+base needs base-class images: pass --base (a folder of class "
+            "folders or a dataset NAME[:SPLIT]), or use --method support-only"
+        )
+    config = effective_config(config, base)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     setup_logging(out)
@@ -148,12 +169,11 @@ def _fit_stages(
     write_json(out / "classes.json", data.class_names)
     held = None
     if holdout:
-        from tinyshot.evaluation.health import hold_out_supports
+        from tinyshot.evaluation.health import split_supports
 
-        data, held_x, held_y = hold_out_supports(
-            data, holdout, derive_seed(seed, "holdout") % 2**63
-        )
-        held = (held_x, held_y)
+        data, h = split_supports(data, holdout, derive_seed(seed, "holdout") % 2**63)
+        # (student's view, labels, teacher's view): each model is scored on its own input
+        held = (h.support, h.support_labels, h.teacher_support)
     shots = [len(x) for x in data.support_pil]
     log.info("fit: %d classes, %s images per class -> %s", data.ways, shots, out)
 
@@ -165,25 +185,31 @@ def _fit_stages(
         pick = np.sort(
             rng.choice(len(base_ds), size=min(config.base_images, len(base_ds)), replace=False)
         )
-        data.base = _uint8(base_ds.load_images(pick), config.image_size)
+        base_pil = base_ds.load_images(pick)
+        data.base = _uint8(base_pil, config.image_size)
+        data.teacher_base = teacher_view(base_pil, config.teacher_input_size)
 
     timings: dict[str, float] = {}
     gen = specialize_and_generate(data, config, out, seed)
     timings.update(gen.get("_timings", {}))
-    synthetic = {
-        g: _resize_uint8(gen[g].load_tensor()[0], config.image_size) for g in config.generators
-    }
+    raw = {g: gen[g].load_tensor()[0] for g in config.generators}
+    prep = generator_prep(config)
+    synthetic = {g: student_synthetic(x, prep, config.image_size) for g, x in raw.items()}
 
     t0 = time.perf_counter()
     teacher = build_episode_teacher(data, config)
+    teacher_size = int(teacher.input_size)
     labels: dict[str, torch.Tensor] = {}
     if data.base is not None:
-        labels["base"] = pseudo_label(teacher, data.base, out / "labels" / "base.safetensors")
+        labels["base"] = pseudo_label(
+            teacher, data.teacher_base, out / "labels" / "base.safetensors"
+        )
     val = None
     all_labels = {}
     for g, x in synthetic.items():
-        labels[g] = pseudo_label(teacher, x, out / "labels" / f"{g}.safetensors")
-        all_labels[g] = (x, labels[g])
+        tx = teacher_synthetic(raw[g], prep, teacher_size)
+        labels[g] = pseudo_label(teacher, tx, out / "labels" / f"{g}.safetensors")
+        all_labels[g] = (tx, labels[g])
         if g == method:
             # Hold out a slice of the synthetic set; the curve is agreement with the teacher.
             n_hold = max(data.ways, int(HOLDOUT_FRACTION * len(x)))
@@ -226,6 +252,22 @@ def _fit_stages(
         "generator": resolve_generator(config.generator),
         "teacher": config.teacher,
         "student": {"arch": config.student, "input_size": config.image_size},
+        # What each model was actually given (issue 14: the report must say what was used).
+        "inputs": {
+            "teacher": {
+                "input_size": teacher_size,
+                "images": "originals (resized only when sizes differ or exceed the input size)",
+            },
+            "student": {
+                "input_size": config.image_size,
+                "base_pretrained": pretrained is not None,
+                "base_images": 0 if data.base is None else len(data.base),
+            },
+            "generator": {
+                "image_prep": prep.to_dict(),
+                "synthetic_frame": "cropped" if prep.content not in (None, prep.size) else "none",
+            },
+        },
         "model": str(onnx_path),
         "teacher_agreement_on_heldout_synthetic": result.final_val_acc,
         "health": health.to_dict(),
@@ -247,7 +289,7 @@ def _fit_health(
     stores: dict[str, Any],
     out: Path,
     method: str,
-    held: tuple[torch.Tensor, torch.Tensor] | None,
+    held: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None,
 ) -> Any:
     """Health figures of this fit (evaluation.health), logged and written to health.json."""
     from tinyshot.evaluation.health import assess, intended_labels, sources_of
@@ -255,16 +297,17 @@ def _fit_health(
     report = assess(
         teacher=teacher,
         class_names=data.class_names,
-        support=data.support,
+        support=data.teacher_support if data.teacher_support is not None else data.support,
         support_labels=data.support_labels,
         soft_labels={g: p for g, (_, p) in labelled.items()},
         intended={g: intended_labels(stores[g]) for g in labelled},
         synthetic={g: x for g, (x, _) in labelled.items()},
-        spec_dir=out / "specialize" if labelled else None,
+        spec_dir=out / "specialize" if (out / "specialize").is_dir() else None,
         sources=sources_of(method, data.base is not None),
     )
     if held is not None:
-        probs = teacher.predict_proba(held[0].float() / 255.0)
+        seen = held[2] if held[2] is not None else held[0]
+        probs = teacher.predict_proba(seen.float() / 255.0)
         report.real["holdout"] = {
             "images": len(held[1]),
             "teacher": float((probs.argmax(1) == held[1]).double().mean()),

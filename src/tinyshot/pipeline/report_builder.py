@@ -42,8 +42,15 @@ def duration(seconds: float) -> str:
 
 
 def _synthetic_rows(
-    report: Report, episode_dir: Path, class_index: int, generators: Sequence[str]
+    report: Report,
+    episode_dir: Path,
+    class_index: int,
+    generators: Sequence[str],
+    prep: Any = None,
 ) -> None:
+    """Generated images beside the supports, without a pad-mode generator's border (as the
+    teacher and the student see them)."""
+    from tinyshot.data.transforms import crop_generator_frame, images_to_tensor, tensor_to_pil
     from tinyshot.diffusion.store import ImageStore
 
     for g in generators:
@@ -55,13 +62,17 @@ def _synthetic_rows(
         except Exception as e:
             log.warning("report: cannot read %s (%s)", folder, e)
             continue
+        if prep is not None and imgs:
+            imgs = [tensor_to_pil(x) for x in crop_generator_frame(images_to_tensor(imgs), prep)]
         report.images(f"{g} generated", imgs)
 
 
 def _alpha_rows(
     report: Report, episode_dir: Path, generator: str, class_names: list[str], used: float
 ) -> None:
-    """The alpha sweep: one support image per class, alpha 0 (reconstruction) .. 1 (new sample)."""
+    """The alpha sweep: one support image per class, alpha 0 (reconstruction) .. 1 (new sample),
+    in the supports' frame (crop_generator_frame)."""
+    from tinyshot.data.transforms import crop_generator_frame, images_to_tensor, tensor_to_pil
     from tinyshot.diffusion.artifacts import load_artifacts
     from tinyshot.diffusion.generate import alpha_sweep
     from tinyshot.diffusion.model import load_diffusion_model
@@ -71,6 +82,7 @@ def _alpha_rows(
     if not spec.is_dir():
         return
     model = load_diffusion_model(resolve_generator(generator))
+    prep = model.image_prep
     artifacts = load_artifacts(spec)
     report.heading("Alpha sweep (TINT, Eq. 3-4)", 3)
     report.paragraph(
@@ -81,6 +93,7 @@ def _alpha_rows(
     )
     for c, name in enumerate(class_names):
         row = alpha_sweep(model, artifacts, c, 0, ALPHAS, seed=c)
+        row = [tensor_to_pil(x) for x in crop_generator_frame(images_to_tensor(row), prep)]
         report.images(f"{name}", row)
 
 
@@ -164,9 +177,10 @@ def build_demo_report(
     config: Any,
 ) -> Path:
     from tinyshot.pipeline.demo import METHOD_LABELS
-    from tinyshot.pipeline.episode import GENERATORS
+    from tinyshot.pipeline.episode import GENERATORS, generator_prep
 
     pipe = config.pipeline
+    prep = generator_prep(pipe)
     report = Report("tinyshot demo: TINT few-shot distillation on Fashion-MNIST")
     _health_banner(report, results.get("health"), "all methods of the comparison")
     report.paragraph(
@@ -215,7 +229,7 @@ def build_demo_report(
         report.heading(name, 3)
         support = [support_ds.load_image(support_ds.index_of(i)) for i in ep.support[c]]
         report.images("support", support)
-        _synthetic_rows(report, ep_dir, c, generators)
+        _synthetic_rows(report, ep_dir, c, generators, prep)
     if "tint" in generators:
         try:
             _alpha_rows(report, ep_dir, pipe.generator, ep.classes, pipe.alpha)
@@ -232,7 +246,7 @@ def build_fit_report(out: Path, summary: dict[str, Any], data: Any, config: Any)
     """The `fit` report: support images, generated samples, alpha sweep, training curve."""
     import json
 
-    from tinyshot.pipeline.episode import GENERATORS
+    from tinyshot.pipeline.episode import GENERATORS, generator_prep
 
     report = Report(f"tinyshot fit: {len(summary['classes'])} classes")
     _health_banner(report, summary.get("health"), f"method {summary['method']}")
@@ -241,6 +255,23 @@ def build_fit_report(out: Path, summary: dict[str, Any], data: Any, config: Any)
         f"with {summary['method']}; exported to {Path(summary['model']).name}. Generator: "
         f"{summary['generator']}; teacher: {summary['teacher']}."
     )
+    inputs = summary.get("inputs")
+    if inputs:
+        t, st, g = inputs["teacher"], inputs["student"], inputs["generator"]["image_prep"]
+        how = (
+            f"{g['content_size'] or g['size']} px centred on a {g['size']} px canvas "
+            f"(pad value {g['pad_value']})"
+            if g["mode"] == "pad"
+            else f"resized to {g['size']} px"
+        )
+        report.paragraph(
+            f"What each model was given: the teacher the original images at its own "
+            f"{t['input_size']} px input; the student {st['input_size']} px images, "
+            f"{'with' if st['base_pretrained'] else 'without'} base-class pretraining and "
+            f"{st['base_images']} base images; the generator the supports {how}"
+            f"{', in grey' if g['grey'] else ''}, as its training images were.",
+            note=True,
+        )
     agree = summary.get("teacher_agreement_on_heldout_synthetic")
     if agree is not None:
         report.paragraph(
@@ -294,7 +325,7 @@ def build_fit_report(out: Path, summary: dict[str, Any], data: Any, config: Any)
     for c, name in enumerate(data.class_names):
         report.heading(name, 3)
         report.images("support", data.support_pil[c])
-        _synthetic_rows(report, out, c, generators)
+        _synthetic_rows(report, out, c, generators, generator_prep(config))
     if "tint" in generators:
         try:
             _alpha_rows(report, out, config.generator, data.class_names, config.alpha)

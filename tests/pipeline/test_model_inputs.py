@@ -1,0 +1,218 @@
+"""Each model sees its own input (issues 12.2 and 14.3): the generator the images prepared as
+its training images were, the teacher the originals at its own size, the student its own size;
+generated and real images share one frame; config.json says what was used."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tinyshot.data.registry import load_dataset
+from tinyshot.data.sampler import sample_episode
+from tinyshot.data.transforms import (
+    ImagePrep,
+    crop_generator_frame,
+    frame_brightness,
+    prepare_for_generator,
+)
+from tinyshot.diffusion.model import read_image_prep
+from tinyshot.diffusion.pretrain import default_generator_path, pad_to
+from tinyshot.errors import ConfigError
+from tinyshot.pipeline.episode import (
+    PipelineConfig,
+    _resize_uint8,
+    _uint8,
+    build_episode_teacher,
+    load_episode_data,
+    student_synthetic,
+    teacher_synthetic,
+    teacher_view,
+)
+
+FASHION_PREP = ImagePrep("pad", 32, 28, 0, True)
+
+
+@pytest.fixture(scope="module")
+def novel():
+    return load_dataset("fashion-mnist", "novel-train"), load_dataset("fashion-mnist", "novel-test")
+
+
+def _supports(ds, n: int = 6) -> list[Image.Image]:
+    return [ds.load_image(int(i)) for c in range(3) for i in ds.indices_of(c)[: n // 3]]
+
+
+def test_shipped_generators_record_their_training_preparation():
+    from tinyshot.data.fashion_mnist import load_fashion_mnist
+    from tinyshot.diffusion.glyph_recipe import generator_images
+
+    assert read_image_prep(default_generator_path("fashion-mnist")) == FASHION_PREP
+    glyph = read_image_prep(default_generator_path("glyphs"))
+    assert glyph == ImagePrep("pad", 32, 32, 255, True)
+    # The helper reproduces the recipes' own preparation, pixel for pixel.
+    raw = load_fashion_mnist("train").images[:8]
+    got = prepare_for_generator([Image.fromarray(a) for a in raw], FASHION_PREP)
+    want = torch.from_numpy(pad_to(raw, 32)).float().div(255).unsqueeze(1).expand(-1, 3, -1, -1)
+    assert torch.equal(got, want)
+    small = np.random.default_rng(0).integers(0, 256, (4, 28, 28), dtype=np.uint8)
+    got = prepare_for_generator([Image.fromarray(a) for a in small], glyph)
+    want = torch.from_numpy(generator_images(small, 32)).float().div(255).unsqueeze(1)
+    assert torch.equal(got, want.expand(-1, 3, -1, -1))
+    # colour input to a grey generator is made grey; larger input shrinks to the content size
+    big = Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    x = prepare_for_generator([big], FASHION_PREP)[0]
+    assert x.shape == (3, 32, 32) and torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])
+    assert float(x[:, :2].abs().sum()) == 0 and float(x[:, 2:30, 2:30].sum()) > 0
+
+
+def test_models_without_a_record_resize(tmp_path):
+    from tinyshot.diffusion.model import build_tiny_diffusion_model
+
+    folder = tmp_path / "tiny"
+    build_tiny_diffusion_model(pixel_space=True, image_size=16, seed=0).save(folder)
+    assert read_image_prep(folder) == ImagePrep("resize", 16)
+    assert read_image_prep("org/sd-model-not-here").mode == "resize"
+    meta = json.loads((folder / "tinyshot.json").read_text())
+    meta["image_prep"] = {"mode": "crop"}
+    (folder / "tinyshot.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match=r"tinyshot.json.*mode"):
+        read_image_prep(folder)
+
+
+def test_specialization_sees_a_28px_support_zero_padded(novel):
+    from tinyshot.diffusion.config import SpecializeConfig
+    from tinyshot.diffusion.model import load_diffusion_model
+    from tinyshot.diffusion.specialize import prepare_support_latents
+    from tinyshot.diffusion.upscale import prepare_images
+
+    model = load_diffusion_model(default_generator_path("fashion-mnist"))
+    pil = _supports(novel[0], 3)
+    latents, _ = prepare_support_latents(model, [pil], SpecializeConfig())
+    padded = torch.from_numpy(pad_to(np.stack([np.asarray(im.convert("L")) for im in pil]), 32))
+    want = padded.float().div(255).mul(2).sub(1).unsqueeze(1).expand(-1, 3, -1, -1)
+    assert torch.equal(latents[0], want)
+    stretched = prepare_images(pil, 32, "auto") * 2 - 1  # the old path
+    assert float((stretched - want).abs().mean()) > 0.05
+
+
+def test_student_and_teacher_see_generated_and_real_images_in_one_frame(novel):
+    pil = _supports(novel[0])
+    real_student = _uint8(pil, 32)
+    # A generator that reproduced its (padded) supports perfectly:
+    generated = (prepare_for_generator(pil, FASHION_PREP) * 255).round().to(torch.uint8)
+    seen = student_synthetic(generated, FASHION_PREP, 32)
+    assert torch.equal(seen, real_student)
+    assert frame_brightness(seen) == frame_brightness(real_student) > 0.01
+    # The old path (the generator's canvas resized as is) shows the student a black frame.
+    assert frame_brightness(_resize_uint8(generated, 32)) == 0.0
+    # The teacher gets the 28 px originals, generated ones included.
+    assert torch.equal(
+        teacher_synthetic(generated.float() / 255, FASHION_PREP, 96), _uint8(pil, None)
+    )
+    assert torch.equal(teacher_view(pil, 96), _uint8(pil, None))
+    # resize-mode generators' images are not cropped
+    assert torch.equal(crop_generator_frame(generated, ImagePrep("resize", 32)), generated)
+
+
+def test_teacher_view_keeps_originals_and_resizes_only_when_it_must():
+    rng = np.random.default_rng(0)
+
+    def imgs(*sides):
+        return [Image.fromarray(rng.integers(0, 256, (s, s, 3), dtype=np.uint8)) for s in sides]
+
+    assert teacher_view(imgs(64, 64), 96).shape[-1] == 64  # the backbone resizes 64 -> 96
+    assert teacher_view(imgs(128, 128), 96).shape[-1] == 96
+    assert teacher_view(imgs(64, 48), 96).shape[-1] == 96
+    assert teacher_view(imgs(64, 48), None).shape[-1] == 64
+
+
+def test_episode_teacher_gets_the_originals_not_the_students_copies(novel, monkeypatch):
+    from tinyshot.models.teacher import ProtoNetTeacher
+
+    support_ds, query_ds = novel
+    ep = sample_episode(support_ds, 2, 2, 3, seed=0, query_ds=query_ds)
+    cfg = PipelineConfig(
+        methods=("teacher", "support-only"),
+        teacher="conv4",
+        teacher_input_size=40,
+        image_size=16,
+    ).validate()
+    data = load_episode_data(ep, support_ds, query_ds, None, cfg, seed=0)
+    assert data.support.shape[-1] == 16 and data.query.shape[-1] == 16
+    assert data.teacher_support.shape[-1] == 28 and data.teacher_query.shape[-1] == 28
+    seen = {}
+    real = ProtoNetTeacher.set_support
+
+    def spy(self, images, labels, batch_size=64):
+        seen["shape"] = tuple(images.shape)
+        return real(self, images, labels, batch_size)
+
+    monkeypatch.setattr(ProtoNetTeacher, "set_support", spy)
+    build_episode_teacher(data, cfg)
+    assert seen["shape"] == (4, 3, 28, 28)
+
+
+def _write_classes(root: Path, ds, names: dict[str, int], k: int) -> None:
+    for folder, c in names.items():
+        d = root / folder
+        d.mkdir(parents=True)
+        for j, i in enumerate(ds.indices_of(c)[:k]):
+            ds.load_image(int(i)).resize((40, 40)).save(d / f"{j}.png")
+
+
+def test_fit_without_base_says_it_used_none_and_name_uses_folder_names(novel, tmp_path, capsys):
+    from tinyshot.cli import main
+    from tinyshot.diffusion.model import build_tiny_diffusion_model
+    from tinyshot.diffusion.store import ImageStore
+
+    gen = tmp_path / "gen"
+    build_tiny_diffusion_model(pixel_space=True, image_size=16, seed=0).save(gen)
+    data = tmp_path / "data"
+    _write_classes(data, novel[0], {"ankle_boot": 4, "sandal": 0}, k=3)
+    cfg = {
+        "generator": str(gen),
+        "specialize": {"num_inference_steps": 2},
+        "synthetic_per_class": 5,
+        "teacher": "conv4",
+        "teacher_input_size": 24,
+        "image_size": 16,
+        "distill": {"iterations": 4, "batch_size": 8, "eval_every": 2, "checkpoint_every": 2},
+    }
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    run = tmp_path / "run"
+    argv = ["fit", str(data), "--out", str(run), "--config", str(tmp_path / "cfg.json")]
+    assert main([*argv, "--method", "name"]) == 0
+    saved = json.loads((run / "config.json").read_text())["config"]
+    assert saved["pretrain_student"] is False and saved["base_images"] == 0
+    inputs = json.loads((run / "fit.json").read_text())["inputs"]
+    assert inputs["student"] == {"input_size": 16, "base_pretrained": False, "base_images": 0}
+    assert inputs["teacher"]["input_size"] == 24
+    assert inputs["generator"]["image_prep"]["mode"] == "resize"
+    html = (run / "report.html").read_text()
+    assert "without base-class pretraining and 0 base images" in html
+    assert "pretrain_student&quot;: true" not in html and '"pretrain_student": true' not in html
+    store = ImageStore(run / "synthetic" / "name")
+    assert store.settings["prompts"] == ["a photo of a ankle boot", "a photo of a sandal"]
+    assert len(store) == 10 and not (run / "specialize").exists()
+    capsys.readouterr()
+    assert main([*argv, "--method", "name"]) == 0  # resumes with the same effective config
+    bad = ["fit", str(data), "--out", str(tmp_path / "r2"), "--method", "support+base"]
+    assert main(bad) == 2
+    assert "--base" in capsys.readouterr().err
+
+
+def test_episode_config_records_the_effective_inputs(novel):
+    from tinyshot.pipeline.episode import effective_inputs
+
+    cfg = PipelineConfig(methods=("teacher", "support+base", "name"), base_images=1500)
+    eff = effective_inputs(cfg, None)
+    assert eff["pretrain_student"] is False and eff["base_images"] == 0
+    assert eff["generator_image_prep"] == FASHION_PREP.to_dict()
+    eff = effective_inputs(cfg, novel[1])  # 5000 images: all 1500 used, pretraining on
+    assert eff["pretrain_student"] is True and eff["base_images"] == 1500
+    only = PipelineConfig(methods=("teacher", "support-only"))
+    assert effective_inputs(only, novel[1])["base_images"] == 0
