@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from tinyshot.data.registry import load_dataset
 from tinyshot.data.sampler import sample_episodes
 from tinyshot.models.ensemble import build_ensemble
-from tinyshot.models.teacher import ProtoNetTeacher
+from tinyshot.models.teacher import ProtoNetTeacher, build_teacher
 from tinyshot.pipeline.episode import PipelineConfig, load_episode_data
 
 MEMBERS = [
@@ -56,6 +56,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1000)
     ap.add_argument("--members", nargs="+", default=MEMBERS)
     ap.add_argument("--out", type=Path, default=Path("runs/tune-teacher"))
+    ap.add_argument(
+        "--check", default=None, help="teacher spec to rerun through build_teacher (cross-check)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     ds = load_dataset("fashion-mnist", "novel-train")
@@ -104,6 +107,15 @@ def main() -> None:
     for r in rows:
         eps = " ".join(f"{100 * a:5.1f}" for a in r["episodes"])
         print(f"{100 * r['mean']:5.1f}  [{eps}]  power={r['power']:g}  {'+'.join(r['members'])}")
+    if args.check:  # the real teacher (cached features) must reproduce the table's numbers
+        teacher = build_teacher(args.check).eval()
+        accs = []
+        for d in data:
+            teacher.set_support(d.support.float() / 255.0, d.support_labels)
+            p = teacher.predict_proba(d.query.float() / 255.0)
+            accs.append(float((p.argmax(1) == d.query_labels).double().mean()))
+        eps = " ".join(f"{100 * a:5.1f}" for a in accs)
+        print(f"build_teacher({args.check!r}): {100 * sum(accs) / len(accs):5.1f}  [{eps}]")
 
 
 if __name__ == "__main__":

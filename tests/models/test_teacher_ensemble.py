@@ -153,3 +153,16 @@ def test_build_teacher_on_an_ensemble_spec(tmp_path):
     p = teacher.predict_proba(x)
     assert p.shape == (6, 3) and torch.allclose(p.sum(1), torch.ones(6))
     assert teacher.feature_dim == teacher.backbone.feature_dim == 2 * 64  # conv4 at 16 and 24 px
+
+
+def test_pipeline_teacher_accepts_an_ensemble_spec():
+    from tinyshot.pipeline.episode import EpisodeData, PipelineConfig, build_episode_teacher
+
+    g = torch.Generator().manual_seed(2)
+    support = (torch.rand(4, 3, 16, 16, generator=g) * 255).to(torch.uint8)
+    data = EpisodeData(["a", "b"], [[], []], support, torch.tensor([0, 0, 1, 1]))
+    config = PipelineConfig(teacher="conv4@16+conv4@24;power=0.5", teacher_input_size=96)
+    teacher = build_episode_teacher(data, config)
+    # explicit member sizes win over teacher_input_size
+    assert [m.input_size for m in teacher.backbone.members] == [16, 24]
+    assert teacher.predict_proba(support.float() / 255).shape == (4, 2)
