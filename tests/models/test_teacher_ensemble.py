@@ -72,25 +72,26 @@ def test_ensemble_spec_parsing_and_errors():
 
 
 def test_named_ensemble_exact_size():
-    bb = build_backbone(ENSEMBLES["effnet-lite-ensemble"], pretrained=False, feature_cache=False)
+    bb = build_backbone("effnet-lite-ensemble", pretrained=False, feature_cache=False)
     assert isinstance(bb, EnsembleBackbone)
     sizes = [(m.arch_id, m.input_size) for m in bb.members]
-    assert sizes == [
-        ("efficientnet-lite0", 96),
-        ("efficientnet-lite0", 224),
-        ("efficientnet-lite1", 240),
-        ("efficientnet-lite2", 260),
-    ]
-    # Lite0 4,652,008 (twice), Lite1 5,416,680, Lite2 6,092,072, 1000-way classifiers included
-    assert sum(p.numel() for p in bb.parameters()) == 2 * 4_652_008 + 5_416_680 + 6_092_072
-    assert sum(p.numel() for p in bb.parameters()) == 20_812_768
-    assert bb.feature_dim == 4 * 1280 and bb.input_size == 260
+    assert sizes == [("efficientnet-lite0", 224), ("efficientnet-lite1", 240)]
+    # Lite0 4,652,008 + Lite1 5,416,680, their 1000-way classifiers included
+    assert sum(p.numel() for p in bb.parameters()) == 4_652_008 + 5_416_680 == 10_068_688
+    assert bb.feature_dim == 2 * 1280 and bb.input_size == 240 and bb.power == 0.5
     teacher = ProtoNetTeacher(bb)
-    assert sum(p.numel() for p in teacher.parameters()) == 20_812_768 + 2  # + scale, bias
+    assert sum(p.numel() for p in teacher.parameters()) == 10_068_688 + 2  # + scale, bias
     assert teacher.meta()["arch"] == (
-        "protonet:ensemble(efficientnet-lite0@96+efficientnet-lite0@224"
-        "+efficientnet-lite1@240+efficientnet-lite2@260;power=0.5)"
+        "protonet:ensemble(efficientnet-lite0@224+efficientnet-lite1@240;power=0.5)"
     )
+    # the four-backbone probe, Lite2 included
+    four = build_backbone(
+        "efficientnet-lite0@96+efficientnet-lite0@224+efficientnet-lite1@240+efficientnet-lite2@260",
+        pretrained=False,
+        feature_cache=False,
+    )
+    assert sum(p.numel() for p in four.parameters()) == 2 * 4_652_008 + 5_416_680 + 6_092_072
+    assert four.feature_dim == 5120 and four.power == 1.0
 
 
 def test_cached_features_equal_fresh_ones(tmp_path):

@@ -29,12 +29,11 @@ from tinyshot.errors import ConfigError
 from tinyshot.models.backbones import FeatureBackbone
 from tinyshot.models.feature_cache import FeatureCache, backbone_key, default_feature_cache_root
 
-# Named ensembles; the default was chosen on train-split episodes (docs/models.md).
+# Named ensembles, chosen on train-split episodes (docs/models.md): the best of 254 candidates
+# (90.4% vs 85.6% for Lite0 at 96 px), and a cheaper one at half its cost (89.7%).
 ENSEMBLES = {
-    "effnet-lite-ensemble": (
-        "efficientnet-lite0@96+efficientnet-lite0@224+efficientnet-lite1@240"
-        "+efficientnet-lite2@260;power=0.5"
-    ),
+    "effnet-lite-ensemble": "efficientnet-lite0@224+efficientnet-lite1@240;power=0.5",
+    "effnet-lite-fast": "efficientnet-lite0@224+efficientnet-lite1@96;power=0.5",
 }
 
 
