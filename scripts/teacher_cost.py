@@ -6,7 +6,7 @@ first with an empty feature cache (backbone + shard write), then from a fresh pr
 cache object reading the shards back (hashing + loading). Per-episode figures multiply these
 by the episode's image counts.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python scripts/teacher_cost.py --images 48
+    OMP_NUM_THREADS=1 PYTHONPATH=src python scripts/teacher_cost.py --images 64
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ MEMBERS = [
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--images", type=int, default=48)
+    ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=64, help="the teacher's default is 64")
     ap.add_argument("--members", nargs="+", default=MEMBERS)
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     args = ap.parse_args()
@@ -48,14 +49,14 @@ def main() -> None:
             bb._cache(0)  # weights digest: once per process and member
             build_s = time.process_time() - t
             t = time.process_time()
-            for i in range(0, len(x), 16):
-                bb(x[i : i + 16])
+            for i in range(0, len(x), args.batch_size):
+                bb(x[i : i + args.batch_size])
             cold = (time.process_time() - t) / len(x)
             warm_bb = build_ensemble(spec, feature_cache=tmp).eval()
             warm_bb._cache(0)
             t = time.process_time()
-            for i in range(0, len(x), 16):
-                warm_bb(x[i : i + 16])
+            for i in range(0, len(x), args.batch_size):
+                warm_bb(x[i : i + args.batch_size])
             warm = (time.process_time() - t) / len(x)
             assert warm_bb._cache(0).misses == 0
             rows[spec] = {"build_s": build_s, "cold_s_per_image": cold, "warm_s_per_image": warm}

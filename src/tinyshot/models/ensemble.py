@@ -83,6 +83,7 @@ class EnsembleBackbone(FeatureBackbone):
         power: float = 1.0,
         name: str | None = None,
         cache_root: str | Path | bool | None = None,
+        chunk_size: int = 16,
     ) -> None:
         if not members:
             raise ConfigError("a teacher ensemble needs at least one member backbone")
@@ -94,6 +95,9 @@ class EnsembleBackbone(FeatureBackbone):
         self.arch_id = f"ensemble({parts}" + (f";power={self.power:g})" if power != 1 else ")")
         self.name = name or self.arch_id
         self.pretrained = all(m.pretrained for m in members)
+        # Members run on chunks of this many images: on the CPU, Lite0 at 224 px costs 107 ms
+        # per image in batches of 16 and 176 ms in batches of 64 (one thread).
+        self.chunk_size = int(chunk_size)
         if cache_root is False:
             self.cache_root: Path | None = None
         elif cache_root is None or cache_root is True:
@@ -117,9 +121,16 @@ class EnsembleBackbone(FeatureBackbone):
     def member_features(self, i: int, x: torch.Tensor) -> torch.Tensor:
         """Raw features of member i (cached when gradients are off and the cache is on)."""
         m = self.members[i]
+
+        def run(images: torch.Tensor) -> torch.Tensor:
+            n = self.chunk_size
+            if len(images) <= n:
+                return m(images)
+            return torch.cat([m(images[j : j + n]) for j in range(0, len(images), n)])
+
         if self.cache_root is not None and not torch.is_grad_enabled() and not self.training:
-            return self._cache(i).features(m, x)
-        return m(x)
+            return self._cache(i).features(run, x)
+        return run(x)
 
     def transform(self, f: torch.Tensor) -> torch.Tensor:
         if self.power != 1.0:

@@ -13,6 +13,7 @@ picked up when a lookup misses.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -96,7 +97,9 @@ class FeatureCache:
         atomic_write(self.folder / name, lambda p: save_file(data, str(p), {"format": FORMAT}))
         self._loaded.add(name)
 
-    def features(self, backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    def features(
+        self, backbone: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor
+    ) -> torch.Tensor:
         """(B, D) features of `images` (B,3,H,W): cached rows, `backbone(images[misses])` else."""
         keys = image_keys(images)
         if any(k not in self._rows for k in keys):
