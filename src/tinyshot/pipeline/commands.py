@@ -30,7 +30,11 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
         "--generator",
         help="'fashion-mnist' or 'glyphs' (shipped offline models), an SD 1.x folder or hub id",
     )
-    g.add_argument("--teacher", help="'efficientnet-lite0' (offline), a DINO ViT folder or hub id")
+    g.add_argument(
+        "--teacher",
+        help="'efficientnet-lite0' (offline), 'effnet-lite-ensemble' (stronger, slower; "
+        "docs/models.md), a DINO ViT folder or hub id",
+    )
     g.add_argument("--student", choices=["conv4", "resnet12"], help="student architecture")
     g.add_argument("--image-size", type=int, help="student input size in pixels")
     g.add_argument("--synthetic", type=int, help="synthetic images per class")

@@ -1,0 +1,172 @@
+"""The ensemble teacher: spec parsing, exact size, the ProtoNet on concatenated features, and
+the on-disk feature cache. Only Lite0's weights are needed (Lite1/2 are built without
+weights here, so these tests do not depend on their packages being installed)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tinyshot.errors import ConfigError
+from tinyshot.models.backbones import FeatureBackbone, build_backbone
+from tinyshot.models.ensemble import ENSEMBLES, EnsembleBackbone, parse_ensemble_spec
+from tinyshot.models.feature_cache import FeatureCache, image_keys
+from tinyshot.models.teacher import ProtoNetTeacher, build_teacher
+
+
+class ChannelMeans(FeatureBackbone):
+    """Toy member: features = per-channel means of the given channels."""
+
+    def __init__(self, channels: tuple[int, ...]) -> None:
+        super().__init__(16, mean=(0.0,) * 3, std=(1.0,) * 3)
+        self.channels = list(channels)
+        self.feature_dim = len(channels)
+        self.name = self.arch_id = f"means{channels}"
+
+    def extract(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))[:, self.channels]
+
+
+def flat(values: list[tuple[float, float, float]]) -> torch.Tensor:
+    return torch.tensor(values).view(-1, 3, 1, 1).expand(-1, 3, 8, 8).contiguous()
+
+
+def test_protonet_on_concatenated_normalised_features_matches_hand_computation():
+    ens = EnsembleBackbone(
+        [ChannelMeans((0, 1)), ChannelMeans((1, 2))], power=0.5, cache_root=False
+    )
+    teacher = ProtoNetTeacher(ens, init_scale=10.0).eval()
+    # sqrt then L2 per member: s0 -> A (0.8, 0.6), B (1, 0); s1 -> A (0, 1), B (0.8, 0.6)
+    teacher.set_support(flat([(0.64, 0.36, 0.0), (0.0, 0.64, 0.36)]), torch.tensor([0, 1]))
+    # q -> A (0.6, 0.8), B (1, 0); cos to p0 = (0.96 + 1) / 2, to p1 = (0.8 + 0.8) / 2
+    with torch.no_grad():
+        logits = teacher(flat([(0.36, 0.64, 0.0)]))
+    torch.testing.assert_close(logits, torch.tensor([[9.8, 8.0]]))
+    assert ens.feature_dim == 4
+    # without the power transform: A of q = (0.36, 0.64)/0.734..., B = (1, 0)
+    ens.power = 1.0
+    teacher.set_support(flat([(0.64, 0.36, 0.0), (0.0, 0.64, 0.36)]), torch.tensor([0, 1]))
+    a_q = torch.tensor([0.36, 0.64]) / torch.tensor([0.36, 0.64]).norm()
+    a_s0 = torch.tensor([0.64, 0.36]) / torch.tensor([0.64, 0.36]).norm()
+    b_s1 = torch.tensor([0.64, 0.36]) / torch.tensor([0.64, 0.36]).norm()
+    want = 10 * torch.tensor([(a_q @ a_s0 + 1.0) / 2, (a_q[1] + b_s1[0]) / 2])
+    with torch.no_grad():
+        torch.testing.assert_close(teacher(flat([(0.36, 0.64, 0.0)]))[0], want)
+
+
+def test_ensemble_spec_parsing_and_errors():
+    members, opts = parse_ensemble_spec("efficientnet-lite0@96+efficientnet-lite1;power=0.5")
+    assert members == [("efficientnet-lite0", 96), ("efficientnet-lite1", None)]
+    assert opts == {"power": 0.5}
+    assert parse_ensemble_spec("effnet-lite-ensemble") == parse_ensemble_spec(
+        ENSEMBLES["effnet-lite-ensemble"]
+    )
+    with pytest.raises(ConfigError, match="integer size"):
+        parse_ensemble_spec("efficientnet-lite0@big+conv4")
+    with pytest.raises(ConfigError, match="unknown option"):
+        parse_ensemble_spec("conv4+conv4;center=1")
+    with pytest.raises(ConfigError, match=r"power must be in \(0, 1\]"):
+        parse_ensemble_spec("conv4+conv4;power=2")
+    with pytest.raises(ConfigError, match="only Lite"):
+        build_backbone("efficientnet-lite4")
+
+
+def test_named_ensemble_exact_size():
+    bb = build_backbone("effnet-lite-ensemble", pretrained=False, feature_cache=False)
+    assert isinstance(bb, EnsembleBackbone)
+    sizes = [(m.arch_id, m.input_size) for m in bb.members]
+    assert sizes == [("efficientnet-lite0", 224), ("efficientnet-lite1", 240)]
+    # Lite0 4,652,008 + Lite1 5,416,680, their 1000-way classifiers included
+    assert sum(p.numel() for p in bb.parameters()) == 4_652_008 + 5_416_680 == 10_068_688
+    assert bb.feature_dim == 2 * 1280 and bb.input_size == 240 and bb.power == 0.5
+    teacher = ProtoNetTeacher(bb)
+    assert sum(p.numel() for p in teacher.parameters()) == 10_068_688 + 2  # + scale, bias
+    assert teacher.meta()["arch"] == (
+        "protonet:ensemble(efficientnet-lite0@224+efficientnet-lite1@240;power=0.5)"
+    )
+    # the issue's four-backbone probe, Lite2 included
+    four = build_backbone(
+        "efficientnet-lite0@96+efficientnet-lite0@224+efficientnet-lite1@240+efficientnet-lite2@260",
+        pretrained=False,
+        feature_cache=False,
+    )
+    assert sum(p.numel() for p in four.parameters()) == 2 * 4_652_008 + 5_416_680 + 6_092_072
+    assert four.feature_dim == 5120 and four.power == 1.0
+
+
+def test_cached_features_equal_fresh_ones(tmp_path):
+    spec = "efficientnet-lite0@32+efficientnet-lite0@48;power=0.5"
+    x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    fresh = build_backbone(spec, feature_cache=False).eval()
+    with torch.no_grad():
+        want = fresh(x)
+        cold = build_backbone(spec, feature_cache=tmp_path).eval()
+        got_cold = cold(x)
+        # a new instance reads the shards from disk: every image a hit, nothing recomputed
+        warm = build_backbone(spec, feature_cache=tmp_path).eval()
+        got_warm = warm(x)
+        got_perm = warm(x[[5, 0, 3]])
+    assert torch.equal(got_cold, want) and torch.equal(got_warm, want)
+    fresh.chunk_size = 4  # members run on chunks: same features up to float rounding
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), want, rtol=1e-4, atol=1e-5)
+    assert torch.equal(got_perm, want[[5, 0, 3]])
+    assert [warm._cache(i).hits for i in range(2)] == [9, 9]
+    assert [warm._cache(i).misses for i in range(2)] == [0, 0]
+    assert len(list(tmp_path.glob("*/*.safetensors"))) == 2  # one shard per member
+    # uint8/255 and float inputs of the same picture share keys
+    u8 = (x * 255).round().to(torch.uint8)
+    assert image_keys(u8.float() / 255) == image_keys((u8.float() / 255).clone())
+    # different weights never read these features
+    with torch.no_grad():
+        warm.members[0].net._bn0.running_mean.add_(1.0)
+        changed = warm(x)
+    assert warm._cache(0).misses == 6 and not torch.equal(changed[:, :1280], want[:, :1280])
+    assert torch.equal(changed[:, 1280:], want[:, 1280:])
+
+
+def test_cache_is_bypassed_with_gradients(tmp_path):
+    torch.manual_seed(0)
+    bb = build_backbone("conv4@16+conv4@24", feature_cache=tmp_path)
+    x = torch.rand(4, 3, 16, 16)
+    f = bb(x)  # training mode, gradients on: no cache, differentiable
+    assert f.requires_grad and not list(tmp_path.rglob("*.safetensors"))
+    f.sum().backward()
+    assert all(p.grad is not None for p in bb.members[0].parameters())
+
+
+def test_feature_cache_computes_only_misses(tmp_path):
+    calls: list[int] = []
+
+    def backbone(x: torch.Tensor) -> torch.Tensor:
+        calls.append(len(x))
+        return x.mean(dim=(2, 3))
+
+    cache = FeatureCache(tmp_path)
+    x = torch.rand(5, 3, 4, 4)
+    a = cache.features(backbone, x[:3])
+    b = cache.features(backbone, x)
+    assert calls == [3, 2] and torch.equal(b[:3], a) and len(cache) == 5
+    assert torch.equal(b, x.mean(dim=(2, 3)))
+
+
+def test_build_teacher_on_an_ensemble_spec(tmp_path):
+    teacher = build_teacher("conv4@16+conv4@24", feature_cache=tmp_path).eval()
+    x = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    teacher.set_support(x, torch.tensor([0, 0, 1, 1, 2, 2]))
+    p = teacher.predict_proba(x)
+    assert p.shape == (6, 3) and torch.allclose(p.sum(1), torch.ones(6))
+    assert teacher.feature_dim == teacher.backbone.feature_dim == 2 * 64  # conv4 at 16 and 24 px
+
+
+def test_pipeline_teacher_accepts_an_ensemble_spec():
+    from tinyshot.pipeline.episode import EpisodeData, PipelineConfig, build_episode_teacher
+
+    g = torch.Generator().manual_seed(2)
+    support = (torch.rand(4, 3, 16, 16, generator=g) * 255).to(torch.uint8)
+    data = EpisodeData(["a", "b"], [[], []], support, torch.tensor([0, 0, 1, 1]))
+    config = PipelineConfig(teacher="conv4@16+conv4@24;power=0.5", teacher_input_size=96)
+    teacher = build_episode_teacher(data, config)
+    # explicit member sizes win over teacher_input_size
+    assert [m.input_size for m in teacher.backbone.members] == [16, 24]
+    assert teacher.predict_proba(support.float() / 255).shape == (4, 2)
