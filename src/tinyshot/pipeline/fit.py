@@ -35,7 +35,12 @@ from tinyshot.pipeline.episode import (
     resolve_generator,
     specialize_and_generate,
 )
-from tinyshot.utils.io import read_json, write_json
+from tinyshot.pipeline.run_folder import (
+    check_out_outside_data,
+    check_run_folder,
+    warn_few_images,
+)
+from tinyshot.utils.io import write_json
 from tinyshot.utils.logging import get_logger, setup_logging
 from tinyshot.utils.seed import derive_seed
 
@@ -99,28 +104,26 @@ def fit(
         )
     method = students[0]
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    setup_logging(out)
-    stored = out / "config.json"
     record = {
         "data_dir": str(Path(data_dir).resolve()),
         "base": base,
         "seed": seed,
         "config": config.to_dict(),
     }
-    if stored.is_file() and read_json(stored) != record:
-        raise ConfigError(
-            f"{stored}: this run folder was started with another configuration; "
-            "use a new --out folder (or the same options to resume)"
-        )
-    write_json(stored, record)
+    # Every check before the first write: a refused run leaves no folder and no changed file.
+    check_out_outside_data(data_dir, out)
     t_start = time.perf_counter()
     data = _load_user_classes(data_dir, config)
+    base_ds = _load_base(base, config, seed)
+    check_run_folder(out, record, data.class_names)
+    out.mkdir(parents=True, exist_ok=True)
+    setup_logging(out)
+    write_json(out / "config.json", record)
     write_json(out / "classes.json", data.class_names)
     shots = [len(x) for x in data.support_pil]
     log.info("fit: %d classes, %s images per class -> %s", data.ways, shots, out)
+    warn_few_images(data.class_names, shots)
 
-    base_ds = _load_base(base, config, seed)
     if base_ds is not None and config.base_images > 0:
         import numpy as np
 
