@@ -265,6 +265,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> dict[str,
         "per_episode": per_episode,
         "frechet": fd,
         "wall_seconds": time.perf_counter() - t_start,
+        "torch_threads": torch.get_num_threads(),  # results are identical for the same count
     }
     write_json(out / "results.json", results)
     table = format_table(summary, fd, paired)

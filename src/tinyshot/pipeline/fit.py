@@ -178,6 +178,7 @@ def fit(
         "teacher_agreement_on_heldout_synthetic": result.final_val_acc,
         "timings": timings,
         "wall_seconds": time.perf_counter() - t_start,
+        "torch_threads": torch.get_num_threads(),  # results are identical for the same count
     }
     write_json(out / "fit.json", summary)
     build_fit_report(out, summary, data, config)
