@@ -3,6 +3,7 @@ more torch threads than the cores the process may use."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -90,3 +91,27 @@ def test_fit_and_demo_take_threads():
     assert parser.parse_args(["fit", "d", "--out", "o", "--threads", "3"]).threads == 3
     assert parser.parse_args(["demo", "--threads", "1"]).threads == 1
     assert parser.parse_args(["demo"]).threads is None
+
+
+def test_a_resume_with_another_thread_count_is_warned_about(tmp_path):
+    import logging
+
+    from tinyshot.utils.threads import note_thread_count
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("tinyshot")
+    logger.addHandler(handler)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert note_thread_count(tmp_path) == 1  # first start: recorded
+        assert json.loads((tmp_path / "threads.json").read_text()) == {"torch_threads": 1}
+        assert note_thread_count(tmp_path) == 1 and not records  # same count: silent
+        torch.set_num_threads(2)
+        assert note_thread_count(tmp_path) == 1  # the first count stays recorded
+        assert len(records) == 1 and "--threads 1" in records[0].getMessage()
+    finally:
+        torch.set_num_threads(before)
+        logger.removeHandler(handler)

@@ -34,6 +34,7 @@ from tinyshot.errors import ConfigError
 from tinyshot.utils.io import read_json, write_json
 from tinyshot.utils.logging import get_logger
 from tinyshot.utils.seed import derive_seed
+from tinyshot.utils.threads import note_thread_count
 
 log = get_logger("pipeline.episode")
 
@@ -367,6 +368,7 @@ def run_pipeline_episode(
     if done.is_file():
         return read_json(done)["methods"]
     work.mkdir(parents=True, exist_ok=True)
+    note_thread_count(work)  # a resume with another thread count is warned about
     write_json(
         work / "config.json",
         {"config": config.to_dict(), "episode": episode.to_dict(), "seed": seed},

@@ -43,6 +43,7 @@ from tinyshot.pipeline.run_folder import (
 from tinyshot.utils.io import write_json
 from tinyshot.utils.logging import get_logger, setup_logging
 from tinyshot.utils.seed import derive_seed
+from tinyshot.utils.threads import note_thread_count
 
 log = get_logger("pipeline.fit")
 
@@ -123,6 +124,7 @@ def fit(
     shots = [len(x) for x in data.support_pil]
     log.info("fit: %d classes, %s images per class -> %s", data.ways, shots, out)
     warn_few_images(data.class_names, shots)
+    note_thread_count(out)
 
     if base_ds is not None and config.base_images > 0:
         import numpy as np

@@ -19,7 +19,7 @@ import math
 import os
 from pathlib import Path
 
-from tinyshot.errors import ConfigError
+from tinyshot.errors import ConfigError, DataError
 
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -78,3 +78,35 @@ def configure_threads(threads: int | None = None) -> int:
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
+
+
+def note_thread_count(run_dir: str | Path) -> int:
+    """Record the torch thread count of a run folder's first start in run_dir/threads.json and
+    warn when a resume uses another: its finished stages keep the first count's numbers, the
+    rest gets the new count's, so the mix matches neither uninterrupted run."""
+    import torch
+
+    from tinyshot.utils.io import read_json, write_json
+    from tinyshot.utils.logging import get_logger
+
+    path = Path(run_dir) / "threads.json"
+    now = torch.get_num_threads()
+    first = None
+    if path.is_file():
+        try:
+            first = int(read_json(path)["torch_threads"])
+        except (DataError, KeyError, TypeError, ValueError):
+            first = None
+    if first is None:
+        write_json(path, {"torch_threads": now})
+        return now
+    if first != now:
+        get_logger("threads").warning(
+            "%s was started with %d torch thread(s) and now runs with %d: results will differ "
+            "in the last digits from an uninterrupted run; rerun with --threads %d to match",
+            run_dir,
+            first,
+            now,
+            first,
+        )
+    return first
