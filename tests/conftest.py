@@ -8,5 +8,7 @@ import tempfile
 import torch
 
 torch.set_num_threads(1)
+# ... and `tinyshot.cli.main`, which sets the thread count from OMP_NUM_THREADS or the cores, keeps it.
+os.environ["OMP_NUM_THREADS"] = "1"
 # Caches (rendered glyphs, pretrained students) go to a throw-away folder, never the home dir.
 os.environ.setdefault("TINYSHOT_CACHE", tempfile.mkdtemp(prefix="tinyshot-test-cache-"))

@@ -10,7 +10,11 @@ import argparse
 import importlib
 import sys
 
-from tinyshot.errors import TinyshotError
+from tinyshot.utils.threads import set_default_env
+
+set_default_env()  # OMP_WAIT_POLICY=PASSIVE: must precede the first `import torch`
+
+from tinyshot.errors import TinyshotError  # noqa: E402
 
 # Stage packages that contribute sub-commands, in the order `tinyshot --help` lists them.
 COMMAND_MODULES = [
@@ -55,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging(verbose=args.verbose)
     try:
+        from tinyshot.utils.threads import configure_threads
+
+        # No more threads than the cores this process may use (affinity, cgroup quota).
+        configure_threads(getattr(args, "threads", None))
         with sigterm_raises():  # SIGTERM unwinds like Ctrl-C
             result = args.func(args)
     except TinyshotError as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,6 +71,17 @@ def test_predict_cli(tmp_path, capsys):
     assert main(["predict", str(model), str(imgs)]) == 1
     cap = capsys.readouterr()
     assert cap.out.count("\t") == 4 and "broken.png: not a readable image" in cap.err
+    # a missing path is treated like a bad file: named, the rest classified, exit status 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    argv = ["predict", str(model), str(tmp_path / "gone.png"), str(imgs), str(empty), "--json"]
+    assert main(argv) == 1
+    cap = capsys.readouterr()
+    out = json.loads(cap.out)
+    assert sorted(Path(r["file"]).name for r in out["results"]) == ["im0.png", "im1.png"]
+    assert [Path(e["file"]).name for e in out["errors"]] == ["gone.png", "empty", "broken.png"]
+    assert "gone.png: no such file or folder" in cap.err
+    assert "empty: folder holds no images" in cap.err and "3 bad input(s)" in cap.err
     assert main(["predict", str(tmp_path / "none.onnx"), str(imgs)]) == 2
     assert "ONNX model not found" in capsys.readouterr().err
 

@@ -202,6 +202,7 @@ def test_fit_exports_a_working_onnx_model_and_resumes(tiny_generator, fmnist, tm
     pred, probs = clf.predict(imgs)
     assert probs.shape == (2, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
     assert pred == [clf.class_names[i] for i in probs.argmax(1)]
+    assert json.loads((run / "fit.json").read_text())["torch_threads"] == 1  # conftest's count
     before = (run / "model.onnx").read_bytes()
     assert main(argv) == 0  # resume: every stage is found finished
     assert (run / "model.onnx").read_bytes() == before

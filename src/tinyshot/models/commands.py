@@ -114,10 +114,13 @@ def _load_base(args: argparse.Namespace):
 # ------------------------------------------------------------------------- handlers
 
 
-def collect_images(items: list[str]) -> list[Path]:
+def collect_images(items: list[str]) -> tuple[list[Path], list[dict[str, str]]]:
+    """Image files named or found (recursively) under the given paths, and one error per path
+    that gives none (missing, or a folder without images): bad inputs are reported, not fatal."""
     from tinyshot.data.images import IMAGE_EXTENSIONS
 
     out: list[Path] = []
+    errors: list[dict[str, str]] = []
     for item in items:
         p = Path(item)
         if p.is_dir():
@@ -125,26 +128,27 @@ def collect_images(items: list[str]) -> list[Path]:
                 f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
             )
             if not found:
-                raise DataError(
-                    f"{p}: folder holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})"
-                )
+                exts = ", ".join(sorted(IMAGE_EXTENSIONS))
+                errors.append({"file": str(p), "error": f"{p}: folder holds no images ({exts})"})
             out.extend(found)
         elif p.is_file():
             out.append(p)
         else:
-            raise DataError(f"{p}: no such file or folder")
-    return out
+            errors.append({"file": str(p), "error": f"{p}: no such file or folder"})
+    return out, errors
 
 
 def _predict(args: argparse.Namespace) -> int:
+    """Classify every readable image; every bad path or file is named on stderr (and under
+    "errors" with --json), and the exit status is 1 if there was any, 0 otherwise."""
     from tinyshot.data.images import open_rgb
     from tinyshot.models.export import OnnxClassifier
 
     if args.top_k < 1:
         raise TinyshotError(f"--top-k must be >= 1, got {args.top_k}")
     clf = OnnxClassifier(args.model)
-    files = collect_images(args.images)
-    images, ok, errors = [], [], []
+    files, errors = collect_images(args.images)
+    images, ok = [], []
     for f in files:
         try:
             images.append(open_rgb(f))
@@ -173,6 +177,11 @@ def _predict(args: argparse.Namespace) -> int:
             print(f"{r['file']}\t" + "\t".join(f"{t['class']}\t{t['prob']:.4f}" for t in r["top"]))
     for e in errors:
         print(f"tinyshot predict: error: {e['error']}", file=sys.stderr)
+    if errors:
+        print(
+            f"tinyshot predict: {len(errors)} bad input(s); classified {len(results)} image(s)",
+            file=sys.stderr,
+        )
     return 1 if errors else 0
 
 

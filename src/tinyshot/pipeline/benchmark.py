@@ -545,7 +545,10 @@ def default_workers(cpus_per_task: float = 1.0, gpus_per_task: float = 0.0) -> i
         import torch
 
         return max(1, int(torch.cuda.device_count() // gpus_per_task))
-    return max(1, int((os.cpu_count() or 1) // max(cpus_per_task, 1e-9)))
+    from tinyshot.utils.threads import available_cpus
+
+    # The cores this process may use (affinity, cgroup quota), not every core of the host.
+    return max(1, int(available_cpus() // max(cpus_per_task, 1e-9)))
 
 
 def _run_manifest(

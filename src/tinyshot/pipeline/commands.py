@@ -42,6 +42,12 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ti-steps", type=int, help="textual inversion iterations (paper: 5000)")
     g.add_argument("--iterations", type=int, help="distillation iterations (paper: 10000)")
     g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: auto)")
+    g.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: OMP_NUM_THREADS, else the cores this process may use); "
+        "results are identical between runs with the same count",
+    )
 
 
 def _pipeline_overrides(args: argparse.Namespace, file_config: dict[str, Any]) -> dict[str, Any]:

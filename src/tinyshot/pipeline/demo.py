@@ -306,6 +306,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> dict[str,
         "frechet": fd,
         "health": health,
         "wall_seconds": time.perf_counter() - t_start,
+        "torch_threads": torch.get_num_threads(),  # results are identical for the same count
     }
     write_json(out / "results.json", results)
     table = format_table(summary, fd, paired)

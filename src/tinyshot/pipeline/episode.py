@@ -42,6 +42,7 @@ from tinyshot.utils.device import resolve_device
 from tinyshot.utils.io import read_json, write_json
 from tinyshot.utils.logging import get_logger
 from tinyshot.utils.seed import derive_seed
+from tinyshot.utils.threads import note_thread_count
 from tinyshot.utils.timing import StageTimes
 
 log = get_logger("pipeline.episode")
@@ -488,6 +489,7 @@ def run_pipeline_episode(
     if done.is_file():
         return read_json(done)["methods"]
     work.mkdir(parents=True, exist_ok=True)
+    note_thread_count(work)  # a resume with another thread count is warned about
     write_json(
         work / "config.json",
         {

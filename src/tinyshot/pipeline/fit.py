@@ -39,9 +39,15 @@ from tinyshot.pipeline.episode import (
     teacher_synthetic,
     teacher_view,
 )
-from tinyshot.utils.io import read_json, write_json
+from tinyshot.pipeline.run_folder import (
+    check_out_outside_data,
+    check_run_folder,
+    warn_few_images,
+)
+from tinyshot.utils.io import write_json
 from tinyshot.utils.logging import get_logger, setup_logging
 from tinyshot.utils.seed import derive_seed
+from tinyshot.utils.threads import note_thread_count
 from tinyshot.utils.timing import StageTimes
 
 log = get_logger("pipeline.fit")
@@ -126,9 +132,6 @@ def fit(
         )
     config = effective_config(config, base)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    setup_logging(out)
-    stored = out / "config.json"
     record = {
         "data_dir": str(Path(data_dir).resolve()),
         "base": base,
@@ -137,24 +140,27 @@ def fit(
     }
     if holdout:  # changes what every stage sees; absent when 0 so older run folders resume
         record["holdout_per_class"] = holdout
-    if stored.is_file() and read_json(stored) != record:
-        raise ConfigError(
-            f"{stored}: this run folder was started with another configuration; "
-            "use a new --out folder (or the same options to resume)"
-        )
-    write_json(stored, record)
+    # Every check before the first write: a refused run leaves no folder and no changed file.
+    check_out_outside_data(data_dir, out)
+    data = _load_user_classes(data_dir, config)
+    base_ds = _load_base(base, config, seed)
+    check_run_folder(out, record, data.class_names)
+    out.mkdir(parents=True, exist_ok=True)
+    setup_logging(out)
+    write_json(out / "config.json", record)
+    write_json(out / "classes.json", data.class_names)
     times = StageTimes(out)  # seconds per stage summed over attempts (resumes add up)
     times.add("attempts", 1)
     with times.stage("wall_s"):
-        return _fit_stages(data_dir, out, config, method, base, seed, times, strict, holdout)
+        return _fit_stages(data, base_ds, out, config, method, seed, times, strict, holdout)
 
 
 def _fit_stages(
-    data_dir: str | Path,
+    data: EpisodeData,
+    base_ds: Any,
     out: Path,
     config: PipelineConfig,
     method: str,
-    base: str | None,
     seed: int,
     times: StageTimes,
     strict: bool = False,
@@ -165,8 +171,6 @@ def _fit_stages(
     from tinyshot.pipeline.report_builder import build_fit_report
 
     t_start = time.perf_counter()
-    data = _load_user_classes(data_dir, config)
-    write_json(out / "classes.json", data.class_names)
     held = None
     if holdout:
         from tinyshot.evaluation.health import split_supports
@@ -176,8 +180,9 @@ def _fit_stages(
         held = (h.support, h.support_labels, h.teacher_support)
     shots = [len(x) for x in data.support_pil]
     log.info("fit: %d classes, %s images per class -> %s", data.ways, shots, out)
+    warn_few_images(data.class_names, shots)
+    note_thread_count(out)
 
-    base_ds = _load_base(base, config, seed)
     if base_ds is not None and config.base_images > 0:
         import numpy as np
 
@@ -274,6 +279,7 @@ def _fit_stages(
         "timings": timings,
         "wall_seconds": times.get("wall_s", running_since=t_start),
         "attempts": int(times.get("attempts")),
+        "torch_threads": torch.get_num_threads(),  # results are identical for the same count
     }
     write_json(out / "health.json", summary["health"])
     write_json(out / "fit.json", summary)
