@@ -24,7 +24,7 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def _run(code: str, **env: str) -> str:
-    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY",)}
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     clean.update(env, PYTHONPATH=SRC)
     return subprocess.run(
         [sys.executable, "-c", code], env=clean, capture_output=True, text=True, check=True
@@ -34,12 +34,16 @@ def _run(code: str, **env: str) -> str:
 def test_cli_sets_passive_waiting_before_torch_is_imported():
     code = (
         "import sys, os; import tinyshot.cli; "
-        "print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
+        "print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules, "
+        "os.environ.get('GOMP_SPINCOUNT'))"
     )
     # the module imports no torch before its first line has set the policy
     assert _run("import sys, tinyshot.utils.threads; print('torch' in sys.modules)") == "False"
-    assert _run(code).split()[0] == "PASSIVE"
-    assert _run(code, OMP_WAIT_POLICY="ACTIVE").split()[0] == "ACTIVE"  # the user's choice wins
+    out = _run(code).split()
+    assert (out[0], out[2]) == ("PASSIVE", "10000")
+    # the user's choice wins, and then no spin count is imposed on it
+    out = _run(code, OMP_WAIT_POLICY="ACTIVE").split()
+    assert (out[0], out[2]) == ("ACTIVE", "None")
 
 
 def test_cgroup_quota_v2_and_v1(tmp_path):
