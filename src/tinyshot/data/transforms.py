@@ -120,7 +120,8 @@ class ImagePrep:
             raise ConfigError(f"{where}: {e}") from e
 
 
-def _square(img: Image.Image) -> Image.Image:
+def center_square(img: Image.Image) -> Image.Image:
+    """The largest centred square (non-square photos are cropped, never stretched)."""
     w, h = img.size
     if w == h:
         return img
@@ -156,7 +157,7 @@ def prepare_for_generator(
     content = int(prep.content or size)
     out = []
     for im in images:
-        im = _square(im.convert(mode))
+        im = center_square(im.convert(mode))
         if im.size[0] > content:
             im = im.resize((content, content), Image.Resampling.LANCZOS)
         fill = int(prep.pad_value) if mode == "L" else (int(prep.pad_value),) * 3

@@ -16,22 +16,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tinyshot.data.transforms import images_to_tensor
+from tinyshot.data.transforms import center_square, images_to_tensor
 from tinyshot.errors import ConfigError, ModelError
 from tinyshot.utils.logging import get_logger
 
 log = get_logger("diffusion.upscale")
 
 SR_FILES = {"x4plus": "REALESRGAN_X4PLUS_UP4X", "animevideov3": "REALESRGAN_ANIMAVIDEOV3_UP4X"}
-
-
-def center_square(img: Image.Image) -> Image.Image:
-    w, h = img.size
-    if w == h:
-        return img
-    s = min(w, h)
-    left, top = (w - s) // 2, (h - s) // 2
-    return img.crop((left, top, left + s, top + s))
 
 
 class RealESRGAN:
