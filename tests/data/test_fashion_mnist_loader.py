@@ -75,3 +75,28 @@ def test_debian_package_files():
     assert len(te) == 5000 and np.bincount(te.labels).tolist() == [1000] * 5
     raw = load_fashion_mnist("test")
     assert raw.images.shape == (10000, 28, 28) and raw.images.dtype == np.uint8
+
+
+def test_novel_pool_is_the_held_out_part_of_the_known_recipe():
+    """The concept-known generator's recipe and the support split agree on the pool exactly."""
+    from tinyshot.data.fashion_mnist import heldout_pool, load_fashion_mnist, pool_checksum
+    from tinyshot.data.registry import load_dataset
+    from tinyshot.diffusion.pretrain import GENERIC_CAPTION, fashion_mnist_known_recipe
+
+    train = load_fashion_mnist("train")
+    pool = heldout_pool(train.labels)
+    assert len(pool) == 5000 and len(set(pool.tolist())) == 5000
+    assert np.bincount(train.labels[pool], minlength=10).tolist() == [0] * 5 + [1000] * 5
+    split = load_dataset("fashion-mnist", "novel-pool")
+    assert [split.item_id(i) for i in range(len(split))] == [str(i) for i in pool]
+    assert split.class_counts().tolist() == [1000] * 5
+    data = fashion_mnist_known_recipe()
+    assert len(data) == 55000
+    assert data.info["heldout_pool"]["sha256_16"] == pool_checksum(pool)
+    named = {c: data.captions.count(f"a photo of a {c}") for c in ("sandal", "shirt", "bag")}
+    generic = data.captions.count(GENERIC_CAPTION)
+    assert all(3800 < v <= 5000 for v in named.values())
+    assert 0.18 < generic / len(data) < 0.22
+    # the pool's pixels are not among the training images (row bytes of the padded images)
+    seen = {row.tobytes() for row in data.images[:, 2:30, 2:30]}
+    assert sum(train.images[i].tobytes() in seen for i in pool) < 5  # exact duplicates only

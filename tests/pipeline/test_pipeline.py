@@ -119,8 +119,11 @@ def test_benchmark_picks_the_dataset_generator_unless_a_method_names_one():
     assert task_pipeline_config({"tint": {}}, "glyphs").generator == "glyphs"
     assert task_pipeline_config({"tint": {}}, "fashion-mnist").generator == "fashion-mnist"
     assert task_pipeline_config({"tint": {}}, "imagefolder").generator == "fashion-mnist"
+    pool = task_pipeline_config({"tint": {}}, "fashion-mnist", "novel-pool")
+    assert pool.generator == "fashion-mnist-known"  # the concept-known world's supports
     named = {"tint": {"generator": "/models/sd15"}, "teacher": {}}
     assert task_pipeline_config(named, "glyphs").generator == "/models/sd15"
+    assert task_pipeline_config(named, "fashion-mnist", "novel-pool").generator == "/models/sd15"
     assert resolve_generator("glyphs").endswith("assets/generators/glyphs")
     assert resolve_generator("runwayml/stable-diffusion-v1-5") == "runwayml/stable-diffusion-v1-5"
 

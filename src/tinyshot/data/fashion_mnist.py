@@ -26,6 +26,10 @@ CLASS_NAMES = [
 BASE_CLASSES = [0, 1, 2, 3, 4]
 NOVEL_CLASSES = [5, 6, 7, 8, 9]
 _FILES = {"train": "train", "test": "t10k"}
+# The concept-known world's held-out pool: train-split images of the novel classes that its
+# generator never sees; few-shot supports in that world come only from here.
+POOL_PER_CLASS = 1000
+POOL_SEED = 0
 
 
 def _read_idx(path: Path, magic: int) -> np.ndarray:
@@ -63,3 +67,29 @@ def load_fashion_mnist(split: str = "train", root: str | Path | None = None) -> 
     images = _read_idx(root / f"{stem}-images-idx3-ubyte.gz", 0x00000803)
     labels = _read_idx(root / f"{stem}-labels-idx1-ubyte.gz", 0x00000801)
     return ArrayDataset(images, labels.astype(np.int64), CLASS_NAMES, "fashion-mnist", split)
+
+
+def heldout_pool(
+    labels: np.ndarray, per_class: int = POOL_PER_CLASS, seed: int = POOL_SEED
+) -> np.ndarray:
+    """Sorted train-split indices of the held-out novel pool: a pure function of the labels,
+    `per_class` and `seed`, so the generator recipe and the support split agree exactly."""
+    from tinyshot.utils.seed import derive_seed
+
+    rng = np.random.default_rng(derive_seed(seed, "fashion-known-pool"))
+    pool = []
+    for c in NOVEL_CLASSES:
+        members = np.flatnonzero(np.asarray(labels) == c)
+        if len(members) < per_class:
+            raise DataError(
+                f"Fashion-MNIST class {c} has {len(members)} train images, the pool needs {per_class}"
+            )
+        pool.append(rng.permutation(members)[:per_class])
+    return np.sort(np.concatenate(pool))
+
+
+def pool_checksum(indices: np.ndarray) -> str:
+    """First 16 hex digits of the SHA-256 of the pool's int64 indices (recorded by the generator)."""
+    import hashlib
+
+    return hashlib.sha256(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest()[:16]

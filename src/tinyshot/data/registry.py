@@ -97,15 +97,30 @@ def _imagefolder(split: str, root: str | Path) -> FewShotDataset:
     return load_imagefolder(root, split)
 
 
-FASHION_MNIST_SPLITS = ("base", "novel-train", "novel-test", "train", "test")
+FASHION_MNIST_SPLITS = ("base", "novel-train", "novel-pool", "novel-test", "train", "test")
 
 
 def _fashion_mnist(split: str, root: str | Path | None) -> FewShotDataset:
-    """Meta-splits: base = train images of classes 0-4; novel-* = classes 5-9 of train/test."""
-    from tinyshot.data.fashion_mnist import BASE_CLASSES, NOVEL_CLASSES, load_fashion_mnist
+    """Meta-splits: base = train images of classes 0-4; novel-* = classes 5-9 of train/test;
+    novel-pool = the held-out novel train images the concept-known generator never saw."""
+    from tinyshot.data.base import ArrayDataset
+    from tinyshot.data.fashion_mnist import (
+        BASE_CLASSES,
+        NOVEL_CLASSES,
+        heldout_pool,
+        load_fashion_mnist,
+    )
 
     if split in ("train", "test"):
         return load_fashion_mnist(split, root)
+    if split == "novel-pool":
+        full = load_fashion_mnist("train", root)
+        keep = heldout_pool(full.labels)
+        pool = ArrayDataset(
+            full.images[keep], full.labels[keep], full.class_names, full.name, "train",
+            ids=[full.item_id(int(i)) for i in keep],
+        )  # fmt: skip
+        return remap_classes(pool, NOVEL_CLASSES, split=split)
     source = "test" if split == "novel-test" else "train"
     classes = BASE_CLASSES if split == "base" else NOVEL_CLASSES
     return remap_classes(load_fashion_mnist(source, root), classes, split=split)

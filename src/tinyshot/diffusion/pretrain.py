@@ -158,33 +158,6 @@ def fashion_mnist_recipe(
 # Caption words for the novel classes 5-9 in the concept-known world (all single CLIP tokens
 # except "ankle boot"; "shirt" and "tshirt" are different tokens).
 FASHION_NOVEL_WORDS = {5: "sandal", 6: "shirt", 7: "sneaker", 8: "bag", 9: "ankle boot"}
-FASHION_KNOWN_POOL_PER_CLASS = 1000
-
-
-def fashion_heldout_pool(
-    labels: np.ndarray, per_class: int = FASHION_KNOWN_POOL_PER_CLASS, seed: int = 0
-) -> np.ndarray:
-    """Sorted train-split indices of the novel-class images the concept-known generator never sees.
-
-    A pure function of (labels, per_class, seed), so supports can be drawn from exactly this pool
-    by anyone holding the train split; tinyshot.json records the arguments and a checksum.
-    """
-    from tinyshot.data.fashion_mnist import NOVEL_CLASSES
-
-    rng = np.random.default_rng(derive_seed(seed, "fashion-known-pool"))
-    pool = []
-    for c in NOVEL_CLASSES:
-        members = np.flatnonzero(labels == c)
-        if len(members) < per_class:
-            raise DataError(f"class {c} has {len(members)} train images, pool needs {per_class}")
-        pool.append(rng.permutation(members)[:per_class])
-    return np.sort(np.concatenate(pool))
-
-
-def pool_checksum(indices: np.ndarray) -> str:
-    import hashlib
-
-    return hashlib.sha256(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
 def fashion_mnist_known_recipe(
@@ -193,21 +166,28 @@ def fashion_mnist_known_recipe(
     seed: int = FASHION_DEFAULT_SEED,
     root: str | Path | None = None,
     limit: int | None = None,
-    pool_per_class: int = FASHION_KNOWN_POOL_PER_CLASS,
+    pool_per_class: int | None = None,
 ) -> CaptionedImages:
     """The concept-known world: all ten classes named, minus a held-out pool of novel images.
 
     Stable Diffusion saw sandals and bags with captions; this generator plays that part. The
-    pool (`fashion_heldout_pool`) is never seen, so few-shot supports drawn from it are new
+    pool (`data.fashion_mnist.heldout_pool`, split `novel-pool`) is never seen, so few-shot supports drawn from it are new
     images of known concepts, as in the paper. Queries still come from the test split.
     """
-    from tinyshot.data.fashion_mnist import load_fashion_mnist
+    from tinyshot.data.fashion_mnist import (
+        POOL_PER_CLASS,
+        POOL_SEED,
+        heldout_pool,
+        load_fashion_mnist,
+        pool_checksum,
+    )
 
     if not 0.0 <= generic_fraction <= 1.0:
         raise ConfigError(f"generic_fraction must be in [0, 1], got {generic_fraction}")
     ds = load_fashion_mnist("train", root)
     images, labels = ds.images, np.asarray(ds.labels)
-    pool = fashion_heldout_pool(labels, pool_per_class, seed)
+    pool_per_class = POOL_PER_CLASS if pool_per_class is None else pool_per_class
+    pool = heldout_pool(labels, pool_per_class, POOL_SEED)
     keep = np.setdiff1d(np.arange(len(labels)), pool)
     if limit is not None:
         order = np.random.default_rng(derive_seed(seed, "fashion-limit")).permutation(len(keep))
@@ -233,11 +213,12 @@ def fashion_mnist_known_recipe(
         "generic_fraction": generic_fraction,
         "heldout_pool": {
             "per_class": pool_per_class,
-            "seed": seed,
+            "seed": POOL_SEED,
+            "split": "fashion-mnist:novel-pool",
             "classes": [ds.class_names[c] for c in FASHION_NOVEL_WORDS],
             "images": len(pool),
             "sha256_16": pool_checksum(pool),
-            "function": "tinyshot.diffusion.pretrain.fashion_heldout_pool",
+            "function": "tinyshot.data.fashion_mnist.heldout_pool",
         },
         "class_captions": {
             ds.class_names[c]: CAPTION_TEMPLATE.format(w) for c, w in sorted(words.items())
@@ -719,7 +700,7 @@ def folder_size_mb(folder: str | Path) -> float:
 # ----------------------------------------------------------------------------- loading / sampling
 
 
-SHIPPED_GENERATORS = ("fashion-mnist", "glyphs")
+SHIPPED_GENERATORS = ("fashion-mnist", "fashion-mnist-known", "glyphs")
 
 
 def default_generator_path(name: str = "fashion-mnist") -> Path:

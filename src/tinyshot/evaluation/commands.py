@@ -7,6 +7,7 @@ import json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    _register_fidelity(sub)
     p = sub.add_parser(
         "plan-eval",
         help="Theorem 1: episodes needed for a target variance / CI, or variance for P episodes",
@@ -102,4 +103,67 @@ def cmd_plan_eval(args: argparse.Namespace) -> int:
     )
     if "episodes_t" in r:
         print(f"episodes for that half-width with the Student-t interval: {r['episodes_t']}")
+    return 0
+
+
+def _register_fidelity(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "fidelity",
+        help="class fidelity of a generator: share of 'a photo of a {name}' samples judged "
+        "to be of that class by a classifier trained on real images",
+        description="Sample every class caption of a generator folder (its tinyshot.json) and "
+        "label the samples with the judge, a Conv4 trained on the real Fashion-MNIST train "
+        "split (shipped; --train-judge retrains it). Prints per-class fidelity per guidance "
+        "and writes JSON; --record stores it in the generator's tinyshot.json.",
+    )
+    p.add_argument(
+        "--generator",
+        default="fashion-mnist-known",
+        help="shipped generator name or a generator folder (default fashion-mnist-known)",
+    )
+    p.add_argument("--guidance", type=float, nargs="+", default=[3.0],
+                   help="classifier-free guidance scale(s) (default 3, the demo's)")  # fmt: skip
+    p.add_argument("--steps", type=int, default=10, help="DDIM steps (default 10, the demo's)")
+    p.add_argument("--n", type=int, default=50, help="samples per class caption (default 50)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="write the result to this JSON file")
+    p.add_argument("--record", action="store_true",
+                   help="store the result under 'fidelity' in the generator's tinyshot.json")  # fmt: skip
+    p.add_argument("--train-judge", action="store_true",
+                   help="retrain the shipped judge first (about 10 min on 1 CPU core)")  # fmt: skip
+    p.set_defaults(func=cmd_fidelity)
+
+
+def cmd_fidelity(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tinyshot.diffusion.pretrain import SHIPPED_GENERATORS, default_generator_path
+    from tinyshot.errors import ConfigError
+    from tinyshot.evaluation.fidelity import judge_path, measure_generator, save_judge, train_judge
+    from tinyshot.utils.io import read_json, write_json
+
+    folder = (
+        default_generator_path(args.generator)
+        if args.generator in SHIPPED_GENERATORS
+        else Path(args.generator)
+    )
+    if not (folder / "tinyshot.json").is_file():
+        raise ConfigError(f"--generator {args.generator}: {folder}/tinyshot.json not found")
+    if args.n < 1 or args.steps < 1:
+        raise ConfigError("--n and --steps must be >= 1")
+    if args.train_judge:
+        judge, info = train_judge()
+        print(f"judge: {save_judge(judge, info, judge_path())} "
+              f"(test accuracy {100 * info['test_accuracy']:.1f}%)")  # fmt: skip
+    res = measure_generator(folder, args.guidance, args.steps, args.n, args.seed)
+    print(f"{'guidance':>8} {'mean':>6} {'min':>6}  per class (%)")
+    for w, r in res["by_guidance"].items():
+        per = ", ".join(f"{c} {100 * v:.0f}" for c, v in r["per_class"].items())
+        print(f"{w:>8} {100 * r['mean']:6.1f} {100 * r['min']:6.1f}  {per}")
+    if args.json:
+        write_json(args.json, res)
+    if args.record:
+        info_path = folder / "tinyshot.json"
+        write_json(info_path, {**read_json(info_path), "fidelity": res})
+        print(f"recorded in {info_path}")
     return 0

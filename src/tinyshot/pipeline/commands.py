@@ -28,7 +28,8 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--config", help="JSON or TOML file with pipeline settings (docs/pipeline.md)")
     g.add_argument(
         "--generator",
-        help="'fashion-mnist' or 'glyphs' (shipped offline models), an SD 1.x folder or hub id",
+        help="'fashion-mnist', 'fashion-mnist-known' or 'glyphs' (shipped offline models), "
+        "an SD 1.x folder or hub id",
     )
     g.add_argument(
         "--teacher",
@@ -79,7 +80,13 @@ def _register_demo(sub: argparse._SubParsersAction) -> None:
         "command to resume.",
     )
     p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
-    p.add_argument("--episodes", type=int, help="number of episodes (default 2)")
+    p.add_argument(
+        "--world",
+        choices=["known", "unknown"],
+        help="'known' (default): the generator knows the ten class names but never saw the "
+        "support pool (the paper's setting); 'unknown': it never saw the novel classes named",
+    )
+    p.add_argument("--episodes", type=int, help="number of episodes (default 1)")
     p.add_argument("--shots", type=int, help="support images per class (default 5)")
     p.add_argument(
         "--queries", type=int, help="queries per class from the test split (default all)"
@@ -101,7 +108,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.methods:
         pipe["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
     top = {k: v for k, v in raw.items()}
-    for key in ("episodes", "shots", "queries", "seed"):
+    for key in ("world", "episodes", "shots", "queries", "seed"):
         if getattr(args, key) is not None:
             top[key] = getattr(args, key)
     top["pipeline"] = pipe

@@ -1,8 +1,13 @@
 """`tinyshot demo`: the whole method, offline, on Fashion-MNIST's five novel classes.
 
-Supports come from the novel classes of the train split, queries from the test split (seen by
-no model). The shipped generator was pretrained on base-class captions plus unlabelled
-novel images under one generic caption; the teacher is an EfficientNet-Lite0 ProtoNet.
+Two worlds, one shipped generator each (docs/pretrained-generator.md):
+- "known" (default), the paper's setting: the generator saw all ten classes named, except a
+  held-out pool of novel train images (split `novel-pool`) from which the supports come, so
+  textual inversion has a concept to find, as Stable Diffusion has for sandals and bags;
+- "unknown": the generator saw base-class captions plus unlabelled novel images under one
+  generic caption (a user's truly new classes); supports from the novel train images.
+Queries come from the test split (seen by no model); the teacher is an EfficientNet-Lite0
+ProtoNet.
 Every episode goes through `run_pipeline_episode` with all methods; the run folder holds:
 
     episodes.json       the episode file (re-used on rerun)
@@ -49,9 +54,32 @@ METHOD_LABELS = {
 }
 
 
+@dataclass(frozen=True)
+class World:
+    generator: str  # shipped generator name
+    support_split: str  # fashion-mnist split the supports are drawn from
+    about: str
+
+
+WORLDS = {
+    "known": World(
+        "fashion-mnist-known",
+        "novel-pool",
+        "generator trained with all ten class names, never on the held-out support pool",
+    ),
+    "unknown": World(
+        "fashion-mnist",
+        "novel-train",
+        "generator trained with base-class names only; novel images unlabelled",
+    ),
+}
+DEFAULT_WORLD = "known"
+
+
 @dataclass
 class DemoConfig:
-    episodes: int = 2
+    episodes: int = 1
+    world: str = DEFAULT_WORLD
     ways: int = 5
     shots: int = 5
     queries: int | None = None  # per class from the test split; None = all (1000)
@@ -64,6 +92,16 @@ class DemoConfig:
         d["pipeline"] = self.pipeline.to_dict()
         return d
 
+    def resolve_world(self) -> World:
+        """The world's shipped generator replaces the other world's; any other generator (a
+        folder, a hub id) is kept."""
+        if self.world not in WORLDS:
+            raise ConfigError(f"demo world must be one of {sorted(WORLDS)}, got {self.world!r}")
+        w = WORLDS[self.world]
+        if self.pipeline.generator in {x.generator for x in WORLDS.values()}:
+            self.pipeline.generator = w.generator
+        return w
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DemoConfig:
         known = {f.name for f in fields(cls)}
@@ -75,11 +113,11 @@ class DemoConfig:
         return cls(**d, pipeline=pipe)
 
 
-def demo_datasets():
+def demo_datasets(world: str = DEFAULT_WORLD):
     from tinyshot.data.registry import load_dataset
 
     return (
-        load_dataset("fashion-mnist", "novel-train"),
+        load_dataset("fashion-mnist", WORLDS[world].support_split),
         load_dataset("fashion-mnist", "novel-test"),
         load_dataset("fashion-mnist", "base"),
     )
@@ -110,9 +148,10 @@ def demo_episodes(config: DemoConfig, out: Path, support_ds, query_ds) -> list[E
     meta = {
         "dataset": {
             "name": "fashion-mnist",
-            "split": "novel-train",
+            "split": WORLDS[config.world].support_split,
             "query_split": "novel-test",
         },
+        "world": config.world,
         "ways": config.ways,
         "shots": config.shots,
         "queries": "all" if config.queries is None else config.queries,
@@ -224,16 +263,19 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> dict[str,
     from tinyshot.pipeline.report_builder import build_demo_report
 
     config = config or DemoConfig()
+    world = config.resolve_world()
     config.pipeline.validate()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     setup_logging(out)
     write_json(out / "config.json", config.to_dict())
     t_start = time.perf_counter()
-    support_ds, query_ds, base_ds = demo_datasets()
+    support_ds, query_ds, base_ds = demo_datasets(config.world)
     episodes = demo_episodes(config, out, support_ds, query_ds)
     log.info(
-        "demo: %d episodes of %d-way %d-shot, methods %s -> %s",
+        "demo (concept-%s world: %s): %d episodes of %d-way %d-shot, methods %s -> %s",
+        config.world,
+        world.about,
         len(episodes),
         config.ways,
         config.shots,
@@ -299,6 +341,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> dict[str,
         "format": "tinyshot.demo-results",
         "version": 1,
         "config": config.to_dict(),
+        "world": config.world,
         "generator": resolve_generator(config.pipeline.generator),
         "summary": summary,
         "paired": paired,

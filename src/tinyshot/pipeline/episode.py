@@ -658,22 +658,33 @@ def _base_dataset(meta: dict[str, Any]) -> FewShotDataset | None:
     return load_dataset(name, info.base_split, root=ds.get("root"), **(ds.get("options") or {}))
 
 
-def task_pipeline_config(methods: dict[str, dict[str, Any]], dataset: str | None) -> PipelineConfig:
+# Support splits whose shipped generator is not the dataset's default one: the concept-known
+# world's supports come from the pool its generator never saw.
+SPLIT_GENERATORS = {("fashion-mnist", "novel-pool"): "fashion-mnist-known"}
+
+
+def task_pipeline_config(
+    methods: dict[str, dict[str, Any]], dataset: str | None, split: str | None = None
+) -> PipelineConfig:
     """The pipeline of a benchmark task: unless a method names a generator, a dataset with a
-    shipped generator gets it (glyph episodes must not be drawn by the Fashion-MNIST model)."""
+    shipped generator gets it (glyph episodes must not be drawn by the Fashion-MNIST model),
+    and Fashion-MNIST's `novel-pool` supports get the concept-known generator."""
     from tinyshot.diffusion.pretrain import SHIPPED_GENERATORS
 
     config = pipeline_config_from_methods(methods)
-    if dataset in SHIPPED_GENERATORS and not any(
-        "generator" in (c or {}) for c in methods.values()
-    ):
+    if any("generator" in (c or {}) for c in methods.values()):
+        return config
+    if (dataset, split) in SPLIT_GENERATORS:
+        config.generator = SPLIT_GENERATORS[(dataset, split)]
+    elif dataset in SHIPPED_GENERATORS:
         config.generator = dataset
     return config
 
 
 def run_episode(task: Any) -> dict[str, dict[str, Any]]:
     """The benchmark runner's default episode function (see pipeline.benchmark.EpisodeTask)."""
-    config = task_pipeline_config(task.methods, (task.meta.get("dataset") or {}).get("name"))
+    ds = task.meta.get("dataset") or {}
+    config = task_pipeline_config(task.methods, ds.get("name"), ds.get("split"))
     config.device = getattr(task, "device", "auto") or "auto"
     support_ds, query_ds = task.datasets()
     base_ds = _base_dataset(task.meta)
