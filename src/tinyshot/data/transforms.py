@@ -162,7 +162,7 @@ def prepare_for_generator(
             im = im.resize((content, content), Image.Resampling.LANCZOS)
         fill = int(prep.pad_value) if mode == "L" else (int(prep.pad_value),) * 3
         canvas = Image.new(mode, (size, size), fill)
-        off = (size - im.size[0]) // 2  # as diffusion.pretrain.pad_to: top-left gets the floor
+        off = (size - im.size[0]) // 2  # as diffusion.pretrain.data.pad_to: top-left gets the floor
         canvas.paste(im, (off, off))
         out.append(pil_to_tensor(canvas.convert("RGB")))
     return torch.stack(out) if out else torch.empty(0, 3, size, size)
