@@ -18,10 +18,10 @@ from tinyshot.data.transforms import (
     ImagePrep,
     crop_generator_frame,
     frame_brightness,
-    prepare_for_generator,
 )
 from tinyshot.diffusion.model import read_image_prep
 from tinyshot.diffusion.pretrain import default_generator_path, pad_to
+from tinyshot.diffusion.upscale import prepare_for_generator
 from tinyshot.errors import ConfigError
 from tinyshot.pipeline.episode import (
     PipelineConfig,

@@ -17,7 +17,7 @@ Methods (names shared by `demo`, `benchmark` and `fit`):
     name          + teacher-labelled images from "a photo of a {class name}" (no TI/NTI)
 
 Each model sees its own input: the generator the images prepared as its training images were
-(data.transforms.prepare_for_generator), the teacher the original images (resized only to its
+(diffusion.upscale.prepare_for_generator), the teacher the original images (resized only to its
 own input size when they differ in size or are larger), the student the images at its input
 size. Generated images lose a pad-mode generator's border (crop_generator_frame) before the
 teacher or the student sees them, so real and synthetic images share one frame.
@@ -450,6 +450,16 @@ def distill_student(
         val_name=val_name,
     )
     return student, result
+
+
+def sources_of(method: str, has_base: bool) -> list[str]:
+    """What a student method learns from (the rule of distill_student, for the health record)."""
+    src = ["support"]
+    if method not in ("support-only", "teacher") and has_base:
+        src.append("base")
+    if method in GENERATORS:
+        src.append(f"synthetic:{method}")
+    return src
 
 
 def effective_inputs(config: PipelineConfig, base_ds: FewShotDataset | None) -> dict[str, Any]:
