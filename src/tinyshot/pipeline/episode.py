@@ -60,8 +60,9 @@ SHIPPED_STUDENTS = Path(__file__).resolve().parent.parent / "assets" / "students
 class PipelineConfig:
     """Everything that decides an episode's result; plain data (JSON config files map onto it).
 
-    Defaults are sized for the offline Fashion-MNIST demo on a 2-core CPU; the paper's values
-    are in the comments and in docs/pipeline.md.
+    Defaults are sized for the offline Fashion-MNIST demo on a 2-core CPU (the `demo` preset);
+    the paper's values are the `paper` preset (tinyshot.presets, = configs/paper.toml), and
+    docs/pipeline.md sets the two side by side.
     """
 
     methods: tuple[str, ...] = METHODS
@@ -70,17 +71,17 @@ class PipelineConfig:
     generator: str = "fashion-mnist"
     specialize: dict[str, Any] = field(
         default_factory=lambda: {
-            "ti_steps": 150,  # paper 5000
-            "ti_lr": 1e-2,  # paper 1e-3 (5k steps)
+            "ti_steps": 150,
+            "ti_lr": 1e-2,  # a larger step for the short CPU budget
             "ti_batch_size": 5,
-            "num_inference_steps": 10,  # paper 50
-            "guidance": 3.0,  # paper 7.5 (SD 1.5)
+            "num_inference_steps": 10,
+            "guidance": 3.0,
             # NTI beats plain CFG by 7.0 dB with these (docs/generator.md, "NTI settings")
-            "nti_inner_steps": 10,  # paper 10
-            "nti_lr": 1.0,  # paper 1e-2 (SD's text encoder; this one needs a larger step)
+            "nti_inner_steps": 10,
+            "nti_lr": 1.0,  # this small text encoder needs a larger step than SD's
         }
     )
-    synthetic_per_class: int = 50  # paper 4000
+    synthetic_per_class: int = 50
     alpha: float = 1.0
     generation_batch_size: int = 100
     # Teacher: ProtoNet on this backbone; optional meta-trained checkpoint.
@@ -98,7 +99,7 @@ class PipelineConfig:
     base_images: int = 1500  # base-class images pseudo-labelled per episode
     distill: dict[str, Any] = field(
         default_factory=lambda: {
-            "iterations": 200,  # paper 10000
+            "iterations": 200,
             "batch_size": 150,
             "lr": 0.02,
             "eval_every": 50,
