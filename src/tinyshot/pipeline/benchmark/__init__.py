@@ -25,18 +25,14 @@ by the driver, so a bad config fails before any episode is scheduled).
 
 Modules, lowest first: `tasks` (EpisodeTask, the episode function, running one task),
 `store` (run.json, episodes/, failures/, resume), `statistics` (CI, Theorem-1, paired
-differences), `results` (BenchmarkResult, aggregate), `runners` (sequential, Ray,
-run_benchmark), `prepare` (sampled episode files). A new runner is one function in runners.py.
+differences), `results` (BenchmarkResult, aggregate), `ray_runner` (Ray), `runners`
+(run_benchmark and the sequential runner), `prepare` (sampled episode files).
 """
 
 from tinyshot.pipeline.benchmark.prepare import prepare_episodes
+from tinyshot.pipeline.benchmark.ray_runner import default_workers, init_ray, ray_available
 from tinyshot.pipeline.benchmark.results import BenchmarkResult, aggregate
-from tinyshot.pipeline.benchmark.runners import (
-    default_workers,
-    init_ray,
-    ray_available,
-    run_benchmark,
-)
+from tinyshot.pipeline.benchmark.runners import run_benchmark
 from tinyshot.pipeline.benchmark.statistics import method_statistics, paired_differences
 from tinyshot.pipeline.benchmark.store import (
     EPISODE_FORMAT,
