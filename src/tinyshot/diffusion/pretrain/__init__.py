@@ -7,11 +7,13 @@ transformers `CLIPTextModel` with the real CLIP BPE tokenizer), in pixel space (
 Training is dataset-agnostic: a *recipe* turns a dataset into `CaptionedImages`
 (uint8 images + one caption per image) and `train_generator` turns that into a model
 folder in the diffusers layout (unet/, text_encoder/, tokenizer/, scheduler/, tinyshot.json;
-no vae/ folder marks pixel space). Fashion-MNIST is one recipe; others register in recipes/__init__.py (RECIPES).
+no vae/ folder marks pixel space). Each recipe is one file in recipes/, registered in
+recipes/__init__.py (RECIPES).
 
 Modules, lowest first: `data` (CaptionedImages, captions), `recipes/` (one file per recipe and
 the RECIPES registry), `config` (PretrainConfig), `models` (builders), `export` (the model
-folder), `train` (the training loop), `sampling` (load, sample, grids).
+folder), `train` (the training loop), `sampling` (load, sample, grids), `commands`
+(`tinyshot pretrain-generator`).
 """
 
 from tinyshot.diffusion.pretrain.config import PretrainConfig
