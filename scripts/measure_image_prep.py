@@ -14,10 +14,10 @@ from tinyshot.data.transforms import (
     crop_generator_frame,
     frame_brightness,
     images_to_tensor,
-    prepare_for_generator,
 )
 from tinyshot.diffusion.model import load_diffusion_model
 from tinyshot.diffusion.pretrain import GENERIC_CAPTION, default_generator_path
+from tinyshot.diffusion.upscale import prepare_for_generator
 from tinyshot.utils.seed import torch_generator
 
 

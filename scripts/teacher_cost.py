@@ -20,7 +20,7 @@ import torch
 
 from tinyshot.data.registry import load_dataset
 from tinyshot.data.transforms import images_to_tensor
-from tinyshot.models.ensemble import build_ensemble
+from tinyshot.models.backbones import build_ensemble
 
 MEMBERS = [
     "efficientnet-lite0@96",

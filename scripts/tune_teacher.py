@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from tinyshot.data.registry import load_dataset
 from tinyshot.data.sampler import sample_episodes
-from tinyshot.models.ensemble import build_ensemble
+from tinyshot.models.backbones import build_ensemble
 from tinyshot.models.teacher import ProtoNetTeacher, build_teacher
 from tinyshot.pipeline.episode import PipelineConfig, load_episode_data
 

@@ -21,7 +21,7 @@ COMMAND_MODULES = [
     "tinyshot.data.commands",
     "tinyshot.evaluation.commands",
     "tinyshot.diffusion.commands",
-    "tinyshot.diffusion.pretrain_commands",
+    "tinyshot.diffusion.pretrain.commands",
     "tinyshot.models.commands",
     "tinyshot.distill.commands",
     "tinyshot.pipeline.commands",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from tinyshot.data.glyphs import load_glyphs
-from tinyshot.diffusion.glyph_recipe import glyphs_recipe, script_word
 from tinyshot.diffusion.pretrain import GENERIC_CAPTION, PretrainConfig, eval_loss, train_generator
+from tinyshot.diffusion.pretrain.recipes.glyphs import glyphs_recipe, script_word
 
 OPTS = {"max_scripts": 6, "chars_per_script": 10, "samples_per_class": 3}
 

@@ -236,8 +236,8 @@ def test_shipped_glyphs_generator_denoises_unseen_scripts():
         pytest.skip("shipped generator weights not present")
     assert folder_size_mb(d) <= 20.0
     from tinyshot.data.glyphs import load_glyphs
-    from tinyshot.diffusion.glyph_recipe import generator_images
     from tinyshot.diffusion.pretrain import GENERIC_CAPTION
+    from tinyshot.diffusion.pretrain.recipes.glyphs import generator_images
 
     models = load_generator(d)
     info = models[-1]

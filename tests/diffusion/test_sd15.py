@@ -11,16 +11,14 @@ import pytest
 import torch
 
 from tinyshot.cli import main
-from tinyshot.diffusion.model import load_diffusion_model
+from tinyshot.diffusion.model import build_sd15_model, load_diffusion_model, save_sd15_folder
 from tinyshot.diffusion.sd15 import (
     PUBLISHED_PARAMS,
     SD15_TEXT_ENCODER,
     SD15_UNET,
     SD15_VAE,
-    build_sd15_model,
     count_parameters,
     save_dino_folder,
-    save_sd15_folder,
     sd15_configs,
     write_sd15_config_folder,
 )

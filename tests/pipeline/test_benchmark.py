@@ -20,6 +20,7 @@ from tinyshot.data.registry import load_dataset
 from tinyshot.data.sampler import sample_episodes
 from tinyshot.errors import ConfigError
 from tinyshot.pipeline import benchmark as bm
+from tinyshot.pipeline.benchmark import runners
 from tinyshot.pipeline.commands import parse_methods
 from tinyshot.utils.io import read_json
 
@@ -112,7 +113,7 @@ def test_task_files_round_trip(sequential):
 
 
 def test_without_ray_runs_sequentially(monkeypatch, episodes_file, sequential, tmp_path):
-    monkeypatch.setattr(bm, "ray_available", lambda: False)
+    monkeypatch.setattr(runners, "ray_available", lambda: False)
     with pytest.raises(ConfigError, match="Ray is not installed"):
         bm.run_benchmark(episodes_file, METHODS, tmp_path, episode_fn=BASELINE_FN, use_ray=True)
     r = bm.run_benchmark(

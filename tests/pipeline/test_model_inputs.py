@@ -18,10 +18,10 @@ from tinyshot.data.transforms import (
     ImagePrep,
     crop_generator_frame,
     frame_brightness,
-    prepare_for_generator,
 )
 from tinyshot.diffusion.model import read_image_prep
 from tinyshot.diffusion.pretrain import default_generator_path, pad_to
+from tinyshot.diffusion.upscale import prepare_for_generator
 from tinyshot.errors import ConfigError
 from tinyshot.pipeline.episode import (
     PipelineConfig,
@@ -48,7 +48,7 @@ def _supports(ds, n: int = 6) -> list[Image.Image]:
 
 def test_shipped_generators_record_their_training_preparation():
     from tinyshot.data.fashion_mnist import load_fashion_mnist
-    from tinyshot.diffusion.glyph_recipe import generator_images
+    from tinyshot.diffusion.pretrain.recipes.glyphs import generator_images
 
     assert read_image_prep(default_generator_path("fashion-mnist")) == FASHION_PREP
     glyph = read_image_prep(default_generator_path("glyphs"))

@@ -27,10 +27,15 @@ def test_paper_preset_values():
     cfg = PipelineConfig.from_dict(preset("paper"))
     spec = SpecializeConfig.from_dict(cfg.specialize).validate()
     assert (spec.ti_steps, spec.ti_lr, spec.num_inference_steps) == (5000, 1e-3, 50)
-    assert (spec.guidance, spec.nti_inner_steps) == (7.5, 10)
+    assert (spec.guidance, spec.nti_inner_steps, spec.nti_lr) == (7.5, 10, 1e-2)
     assert (cfg.synthetic_per_class, cfg.distill["iterations"]) == (4000, 10000)
     assert (cfg.student, cfg.image_size, cfg.teacher_input_size) == ("resnet12", 84, 224)
     assert cfg.teacher == "dino-vitb16"
+
+
+def test_paper_preset_sets_every_specialize_default():
+    # Every specialization knob the demo sizes down has its paper value in the preset.
+    assert set(PipelineConfig().specialize) - set(PRESETS["paper"]["specialize"]) == set()
 
 
 def test_demo_preset_is_todays_defaults():

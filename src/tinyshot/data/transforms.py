@@ -130,44 +130,6 @@ def center_square(img: Image.Image) -> Image.Image:
     return img.crop((left, top, left + s, top + s))
 
 
-def prepare_for_generator(
-    images: Sequence[Image.Image],
-    prep: ImagePrep,
-    upscale: str = "auto",
-    sr_model: str = "x4plus",
-    sr_input_size: int = 96,
-) -> torch.Tensor:
-    """(N,3,S,S) in [0,1]: images as the generator saw its training images (S = prep.size).
-
-    pad: square-crop, grey if the generator is grey, downscale to the content size only when
-    larger (smaller images keep their pixels exactly), centre on the pad-value canvas.
-    resize: the upscaling chain of diffusion.upscale (super-resolution for small inputs).
-    """
-    from tinyshot.errors import ConfigError
-
-    if prep.size is None:
-        raise ConfigError("image_prep has no canvas size; give the model's resolution")
-    size = int(prep.size)
-    mode = "L" if prep.grey else "RGB"
-    if prep.mode == "resize":
-        from tinyshot.diffusion.upscale import prepare_images
-
-        ims = [im.convert(mode).convert("RGB") for im in images]
-        return prepare_images(ims, size, upscale, sr_model, sr_input_size)
-    content = int(prep.content or size)
-    out = []
-    for im in images:
-        im = center_square(im.convert(mode))
-        if im.size[0] > content:
-            im = im.resize((content, content), Image.Resampling.LANCZOS)
-        fill = int(prep.pad_value) if mode == "L" else (int(prep.pad_value),) * 3
-        canvas = Image.new(mode, (size, size), fill)
-        off = (size - im.size[0]) // 2  # as diffusion.pretrain.pad_to: top-left gets the floor
-        canvas.paste(im, (off, off))
-        out.append(pil_to_tensor(canvas.convert("RGB")))
-    return torch.stack(out) if out else torch.empty(0, 3, size, size)
-
-
 def crop_generator_frame(images: torch.Tensor, prep: ImagePrep) -> torch.Tensor:
     """Generated (N,C,S,S) images back in the real images' frame: a pad-mode generator's
     images lose the padded border (the inverse of prepare_for_generator's padding), so the

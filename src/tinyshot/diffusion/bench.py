@@ -409,7 +409,8 @@ def run_sd15_bench(
     width_divisor/sample_size shrink the model for CPU tests of the same code path.
     Returns {"results": {dtype: {"rows", "info"}}, "skipped": {dtype: reason}, "params": ...}.
     """
-    from tinyshot.diffusion.sd15 import build_sd15_model, count_parameters
+    from tinyshot.diffusion.model import build_sd15_model
+    from tinyshot.diffusion.sd15 import count_parameters
     from tinyshot.utils.device import resolve_device
 
     dev = resolve_device(device)

@@ -3,7 +3,8 @@
 No hub weights can be had offline, but the architectures can: a model built from the real
 configs with random weights costs exactly what the real one costs (memory, FLOPs, seconds per
 step). `tinyshot bench generate --arch sd15` and `scripts/gpu-check.sh` time the full-size path
-with these; tests build the same architectures with reduced widths (`width_divisor`), and count
+with these (diffusion.model.build_sd15_model); tests build the same architectures with reduced
+widths (`width_divisor`), and count
 the full-size parameters on the `meta` device without allocating weights.
 
 The values are those of the hub folders stable-diffusion-v1-5 (unet/, vae/, text_encoder/ =
@@ -18,17 +19,21 @@ from typing import Any
 
 import torch
 
-from tinyshot.diffusion.model import (
-    DEFAULT_TEMPLATE,
-    SD15_SCHEDULER,
-    TINYSHOT_JSON,
-    DiffusionModel,
-    _prepare_modules,
-    make_ddim_scheduler,
-)
 from tinyshot.errors import ConfigError
-from tinyshot.utils.device import resolve_device, resolve_dtype
+from tinyshot.utils.device import resolve_device
 
+# Stable Diffusion 1.5's noise schedule (scheduler/scheduler_config.json of the hub model).
+SD15_SCHEDULER = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "clip_sample": False,
+    "prediction_type": "epsilon",
+    "timestep_spacing": "leading",
+}
 SD15_UNET: dict[str, Any] = {
     "sample_size": 64,
     "in_channels": 4,
@@ -200,63 +205,6 @@ def _init_device(device: torch.device) -> torch.device:
     """Where to run the random initialisation: on the GPU itself when there is one (seconds
     instead of a minute of CPU init for 1.07B parameters)."""
     return device if device.type == "cuda" else torch.device("cpu")
-
-
-def build_sd15_model(
-    device: str | torch.device | None = "cpu",
-    dtype: str | torch.dtype | None = None,
-    seed: int = 0,
-    width_divisor: int = 1,
-    sample_size: int | None = None,
-) -> DiffusionModel:
-    """SD 1.5's UNet, VAE and CLIP text encoder with random weights, and the real CLIP tokenizer.
-
-    The same classes and configs as the hub model, so speed and memory are the real ones;
-    the outputs are noise. fp16 on GPU by default, the text encoder stays fp32 (as loading).
-    """
-    from tinyshot.diffusion.tokenizer import load_clip_tokenizer
-
-    dev = resolve_device(device if device is None or isinstance(device, str) else str(device))
-    dt = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, dev)
-    configs = sd15_configs(width_divisor, sample_size)
-    init_dev = _init_device(dev)
-    with torch.random.fork_rng(devices=[init_dev] if init_dev.type == "cuda" else []):
-        torch.manual_seed(seed)
-        with init_dev:
-            mods = _modules(configs)
-    size = configs["unet"]["sample_size"] * 8
-    tag = "sd15" if width_divisor == 1 else f"sd15-w{width_divisor}"
-    model = DiffusionModel(
-        unet=mods["unet"],
-        text_encoder=mods["text_encoder"],
-        tokenizer=load_clip_tokenizer(),
-        scheduler=make_ddim_scheduler(configs["scheduler"]),
-        vae=mods["vae"],
-        model_id=f"{tag}-random-{size}px-seed{seed}",
-        caption_template=DEFAULT_TEMPLATE,
-        image_size=size,
-        device=dev,
-        dtype=dt,
-    )
-    return _prepare_modules(model)
-
-
-def save_sd15_folder(
-    folder: str | Path,
-    seed: int = 0,
-    width_divisor: int = 1,
-    sample_size: int | None = None,
-    device: str | torch.device | None = "cpu",
-) -> Path:
-    """Write a random-weight SD 1.5 in the standard diffusers layout (model_index.json, unet/,
-    vae/, text_encoder/, tokenizer/, scheduler/), loadable by load_diffusion_model and diffusers.
-
-    Weights are saved in fp32 (as the hub's main branch), 4.3 GB at full size.
-    """
-    model = build_sd15_model(device, torch.float32, seed, width_divisor, sample_size)
-    out = model.save(folder)
-    (out / TINYSHOT_JSON).unlink()  # a hub SD folder has no such file; load it the same way
-    return out
 
 
 def save_dino_folder(

@@ -18,7 +18,6 @@ from typing import Any
 import torch
 from PIL import Image
 
-from tinyshot.data.transforms import prepare_for_generator
 from tinyshot.diffusion.artifacts import ClassArtifact, artifact_done, load_artifacts
 from tinyshot.diffusion.config import SpecializeConfig
 from tinyshot.diffusion.ddim import make_schedule, resolve_spacing
@@ -35,6 +34,7 @@ from tinyshot.diffusion.textual_inversion import (
     support_loss,
     train_tokens,
 )
+from tinyshot.diffusion.upscale import prepare_for_generator
 from tinyshot.errors import ConfigError, DataError
 from tinyshot.utils.io import atomic_write, read_json, write_json
 from tinyshot.utils.logging import bars_on_terminal, get_logger, progress

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from tinyshot.data.transforms import center_square, images_to_tensor
+from tinyshot.data.transforms import ImagePrep, center_square, images_to_tensor, pil_to_tensor
 from tinyshot.errors import ConfigError, ModelError
 from tinyshot.utils.logging import get_logger
 
@@ -109,3 +110,37 @@ def prepare_images(
     """(N,3,R,R) in [0,1], ready for DiffusionModel.encode."""
     out = [upscale_image(im, resolution, mode, sr_model, sr_input_size) for im in images]
     return images_to_tensor(out)
+
+
+def prepare_for_generator(
+    images: Sequence[Image.Image],
+    prep: ImagePrep,
+    upscale: str = "auto",
+    sr_model: str = "x4plus",
+    sr_input_size: int = 96,
+) -> torch.Tensor:
+    """(N,3,S,S) in [0,1]: images as the generator saw its training images (S = prep.size).
+
+    pad: square-crop, grey if the generator is grey, downscale to the content size only when
+    larger (smaller images keep their pixels exactly), centre on the pad-value canvas.
+    resize: the upscaling chain of `prepare_images` (super-resolution for small inputs).
+    """
+    if prep.size is None:
+        raise ConfigError("image_prep has no canvas size; give the model's resolution")
+    size = int(prep.size)
+    mode = "L" if prep.grey else "RGB"
+    if prep.mode == "resize":
+        ims = [im.convert(mode).convert("RGB") for im in images]
+        return prepare_images(ims, size, upscale, sr_model, sr_input_size)
+    content = int(prep.content or size)
+    out = []
+    for im in images:
+        im = center_square(im.convert(mode))
+        if im.size[0] > content:
+            im = im.resize((content, content), Image.Resampling.LANCZOS)
+        fill = int(prep.pad_value) if mode == "L" else (int(prep.pad_value),) * 3
+        canvas = Image.new(mode, (size, size), fill)
+        off = (size - im.size[0]) // 2  # as diffusion.pretrain.data.pad_to: top-left gets the floor
+        canvas.paste(im, (off, off))
+        out.append(pil_to_tensor(canvas.convert("RGB")))
+    return torch.stack(out) if out else torch.empty(0, 3, size, size)

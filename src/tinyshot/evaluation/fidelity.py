@@ -94,6 +94,7 @@ def train_judge(
             sched.step()
             losses.append(float(loss.detach()))
     judge.eval()
+    edge = max(1, min(50, len(losses) // 4))
     xt, ytest, _ = _real_split(dataset, "test", root)
     pred = predict(judge, xt)
     per_class = {names[c]: float((pred[ytest == c] == c).mean()) for c in range(len(names))}
@@ -107,8 +108,9 @@ def train_judge(
         "lr": lr,
         "seed": seed,
         "train_seconds": round(time.perf_counter() - t0, 1),
-        "loss_first_50": float(np.mean(losses[:50])),
-        "loss_last_50": float(np.mean(losses[-50:])),
+        # mean loss over the first and last quarter of the steps (at most 50 steps each)
+        "loss_start": float(np.mean(losses[:edge])),
+        "loss_end": float(np.mean(losses[-edge:])),
         "test_accuracy": float((pred == ytest).mean()),
         "test_accuracy_per_class": per_class,
         "class_names": names,

@@ -424,18 +424,6 @@ def thresholds() -> dict[str, float]:
     }
 
 
-def sources_of(method: str, has_base: bool) -> list[str]:
-    """What a student method learns from (the episode module's rule in distill_student)."""
-    from tinyshot.pipeline.episode import GENERATORS
-
-    src = ["support"]
-    if method not in ("support-only", "teacher") and has_base:
-        src.append("base")
-    if method in GENERATORS:
-        src.append(f"synthetic:{method}")
-    return src
-
-
 def assess(
     *,
     teacher: Any,

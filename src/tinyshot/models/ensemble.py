@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tinyshot.errors import ConfigError
-from tinyshot.models.backbones import FeatureBackbone
+from tinyshot.models.feature_backbone import FeatureBackbone
 from tinyshot.models.feature_cache import FeatureCache, backbone_key, default_feature_cache_root
 
 # Named ensembles, chosen on train-split episodes (docs/models.md): the best of 254 candidates
@@ -150,23 +150,3 @@ class EnsembleBackbone(FeatureBackbone):
             "members": [m.describe() for m in self.members],
             "power": self.power,
         }
-
-
-def build_ensemble(
-    spec: str,
-    input_size: int | None = None,
-    pretrained: bool = True,
-    feature_cache: str | Path | bool | None = None,
-) -> EnsembleBackbone:
-    """An `EnsembleBackbone` from a spec string or an `ENSEMBLES` name (see the module doc)."""
-    from tinyshot.models.backbones import build_backbone
-
-    members, options = parse_ensemble_spec(spec)
-    built = []
-    for name, size in members:
-        if is_ensemble_spec(name):
-            raise ConfigError(f"teacher ensemble {spec!r}: members cannot be ensembles ({name!r})")
-        built.append(build_backbone(name, input_size=size or input_size, pretrained=pretrained))
-    return EnsembleBackbone(
-        built, power=options.get("power", 1.0), name=spec, cache_root=feature_cache
-    )

@@ -37,21 +37,12 @@ from tinyshot.pipeline.episode import (
     generator_prep,
     resolve_generator,
 )
+from tinyshot.pipeline.report_builder import METHOD_LABELS
 from tinyshot.utils.io import read_json, write_json
 from tinyshot.utils.logging import get_logger, progress, setup_logging
 from tinyshot.utils.seed import derive_seed
 
 log = get_logger("pipeline.demo")
-
-METHOD_LABELS = {
-    "teacher": "teacher (EffNet-Lite0 ProtoNet, 3.4M params)",
-    "support-only": "student: support only",
-    "support+base": "student: support + base (LabelHalluc)",
-    "name": "student: + class-name prompt synthetic",
-    "ti": "student: + plain-TI synthetic",
-    "dafusion": "student: + DA-Fusion synthetic",
-    "tint": "student: + TINT synthetic (full method)",
-}
 
 
 @dataclass(frozen=True)

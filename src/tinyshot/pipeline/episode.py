@@ -17,7 +17,7 @@ Methods (names shared by `demo`, `benchmark` and `fit`):
     name          + teacher-labelled images from "a photo of a {class name}" (no TI/NTI)
 
 Each model sees its own input: the generator the images prepared as its training images were
-(data.transforms.prepare_for_generator), the teacher the original images (resized only to its
+(diffusion.upscale.prepare_for_generator), the teacher the original images (resized only to its
 own input size when they differ in size or are larger), the student the images at its input
 size. Generated images lose a pad-mode generator's border (crop_generator_frame) before the
 teacher or the student sees them, so real and synthetic images share one frame.
@@ -60,8 +60,9 @@ SHIPPED_STUDENTS = Path(__file__).resolve().parent.parent / "assets" / "students
 class PipelineConfig:
     """Everything that decides an episode's result; plain data (JSON config files map onto it).
 
-    Defaults are sized for the offline Fashion-MNIST demo on a 2-core CPU; the paper's values
-    are in the comments and in docs/pipeline.md.
+    Defaults are sized for the offline Fashion-MNIST demo on a 2-core CPU (the `demo` preset);
+    the paper's values are the `paper` preset (tinyshot.presets, = configs/paper.toml), and
+    docs/pipeline.md sets the two side by side.
     """
 
     methods: tuple[str, ...] = METHODS
@@ -70,17 +71,17 @@ class PipelineConfig:
     generator: str = "fashion-mnist"
     specialize: dict[str, Any] = field(
         default_factory=lambda: {
-            "ti_steps": 150,  # paper 5000
-            "ti_lr": 1e-2,  # paper 1e-3 (5k steps)
+            "ti_steps": 150,
+            "ti_lr": 1e-2,  # a larger step for the short CPU budget
             "ti_batch_size": 5,
-            "num_inference_steps": 10,  # paper 50
-            "guidance": 3.0,  # paper 7.5 (SD 1.5)
+            "num_inference_steps": 10,
+            "guidance": 3.0,
             # NTI beats plain CFG by 7.0 dB with these (docs/generator.md, "NTI settings")
-            "nti_inner_steps": 10,  # paper 10
-            "nti_lr": 1.0,  # paper 1e-2 (SD's text encoder; this one needs a larger step)
+            "nti_inner_steps": 10,
+            "nti_lr": 1.0,  # this small text encoder needs a larger step than SD's
         }
     )
-    synthetic_per_class: int = 50  # paper 4000
+    synthetic_per_class: int = 50
     alpha: float = 1.0
     generation_batch_size: int = 100
     # Teacher: ProtoNet on this backbone; optional meta-trained checkpoint.
@@ -98,7 +99,7 @@ class PipelineConfig:
     base_images: int = 1500  # base-class images pseudo-labelled per episode
     distill: dict[str, Any] = field(
         default_factory=lambda: {
-            "iterations": 200,  # paper 10000
+            "iterations": 200,
             "batch_size": 150,
             "lr": 0.02,
             "eval_every": 50,
@@ -450,6 +451,16 @@ def distill_student(
         val_name=val_name,
     )
     return student, result
+
+
+def sources_of(method: str, has_base: bool) -> list[str]:
+    """What a student method learns from (the rule of distill_student, for the health record)."""
+    src = ["support"]
+    if method not in ("support-only", "teacher") and has_base:
+        src.append("base")
+    if method in GENERATORS:
+        src.append(f"synthetic:{method}")
+    return src
 
 
 def effective_inputs(config: PipelineConfig, base_ds: FewShotDataset | None) -> dict[str, Any]:

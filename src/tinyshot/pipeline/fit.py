@@ -34,11 +34,13 @@ from tinyshot.pipeline.episode import (
     generator_prep,
     pretrained_student_path,
     resolve_generator,
+    sources_of,
     specialize_and_generate,
     student_synthetic,
     teacher_synthetic,
     teacher_view,
 )
+from tinyshot.pipeline.report_builder import VAL_NAME
 from tinyshot.pipeline.run_folder import (
     check_out_outside_data,
     check_run_folder,
@@ -53,7 +55,6 @@ from tinyshot.utils.timing import StageTimes
 log = get_logger("pipeline.fit")
 
 HOLDOUT_FRACTION = 0.1  # synthetic images held out to draw the teacher-agreement curve
-VAL_NAME = "agreement with the teacher on held-out synthetic images"
 
 
 def default_fit_config() -> PipelineConfig:
@@ -298,7 +299,7 @@ def _fit_health(
     held: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None,
 ) -> Any:
     """Health figures of this fit (evaluation.health), logged and written to health.json."""
-    from tinyshot.evaluation.health import assess, intended_labels, sources_of
+    from tinyshot.evaluation.health import assess, intended_labels
 
     report = assess(
         teacher=teacher,

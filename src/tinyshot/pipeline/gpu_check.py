@@ -109,7 +109,8 @@ def run_gpu_check(
 
     import tinyshot
     from tinyshot.diffusion.bench import run_sd15_bench
-    from tinyshot.diffusion.sd15 import save_dino_folder, save_sd15_folder
+    from tinyshot.diffusion.model import save_sd15_folder
+    from tinyshot.diffusion.sd15 import save_dino_folder
     from tinyshot.pipeline.episode import PipelineConfig
     from tinyshot.pipeline.fit import fit as run_fit
     from tinyshot.presets import merge_config

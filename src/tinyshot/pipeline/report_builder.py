@@ -14,6 +14,18 @@ log = get_logger("pipeline.report")
 
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 SHOW_PER_GENERATOR = 10
+# demo tables and reports: what each method is, in words
+METHOD_LABELS = {
+    "teacher": "teacher (EffNet-Lite0 ProtoNet, 3.4M params)",
+    "support-only": "student: support only",
+    "support+base": "student: support + base (LabelHalluc)",
+    "name": "student: + class-name prompt synthetic",
+    "ti": "student: + plain-TI synthetic",
+    "dafusion": "student: + DA-Fusion synthetic",
+    "tint": "student: + TINT synthetic (full method)",
+}
+# the student's validation curve of a fit run
+VAL_NAME = "agreement with the teacher on held-out synthetic images"
 # fit.json / result.json timing keys, in the words of the report
 STAGE_LABELS = {
     "specialize_s": "specialization (textual inversion + null-text inversion)",
@@ -98,8 +110,6 @@ def _alpha_rows(
 
 
 def _curves(report: Report, episode_dir: Path, methods: Sequence[str]) -> None:
-    from tinyshot.pipeline.demo import METHOD_LABELS
-
     series = {}
     for m in methods:
         hist = episode_dir / "students" / m / "history.json"
@@ -176,7 +186,6 @@ def build_demo_report(
     query_ds: Any,
     config: Any,
 ) -> Path:
-    from tinyshot.pipeline.demo import METHOD_LABELS
     from tinyshot.pipeline.episode import GENERATORS, generator_prep
 
     pipe = config.pipeline
@@ -298,8 +307,6 @@ def build_fit_report(out: Path, summary: dict[str, Any], data: Any, config: Any)
         )
     hist = out / "student" / "history.json"
     if hist.is_file():
-        from tinyshot.pipeline.fit import VAL_NAME
-
         curve = read_json(hist).get("curve", [])
         pts = [e for e in curve if "val_acc" in e]
         if pts:

@@ -1,4 +1,4 @@
-"""Pretraining recipe for the Glyphs benchmark: the generator sees the *background* scripts only.
+"""Glyphs recipe (`glyphs`): the generator sees the *background* scripts only.
 
 Like Omniglot's protocol, evaluation scripts are never seen by any model, labelled or not.
 Captions name the script ("a photo of a runic letter"), not the character: characters have
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinyshot.diffusion.pretrain import (
+from tinyshot.diffusion.pretrain.data import (
     CAPTION_TEMPLATE,
     GENERIC_CAPTION,
     CaptionedImages,
