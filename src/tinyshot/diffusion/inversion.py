@@ -21,7 +21,7 @@ from tinyshot.diffusion.ddim import (
     ddim_sample,
 )
 from tinyshot.diffusion.model import DiffusionModel
-from tinyshot.diffusion.textual_inversion import loss_scale
+from tinyshot.diffusion.textual_inversion import LossScaler
 from tinyshot.utils.logging import get_logger, progress
 
 log = get_logger("diffusion.nti")
@@ -77,6 +77,7 @@ def null_text_inversion(
     x = traj[0].clone()
     nulls = []
     taken = torch.zeros(b, dtype=torch.long)
+    scaler = LossScaler.for_model(model)
     for i in progress(
         range(s),
         desc="null-text inversion",
@@ -100,11 +101,10 @@ def null_text_inversion(
             eps = e_u + guidance * (e_c[act] - e_u)
             pred = ddim_move(x[act], eps, schedule.alpha[i], schedule.alpha_prev[i], rule)
             per = ((pred - target[act]) ** 2).flatten(1).mean(1)
-            opt.zero_grad(set_to_none=True)
-            (per.sum() * loss_scale(model)).backward()
             # Images stopped earlier keep their embedding (Adam's momentum would move them).
             kept = u.detach()[done].clone()
-            opt.step()
+            if scaler.backward(per.sum(), [u], opt):
+                opt.step()
             with torch.no_grad():
                 u[done] = kept
             taken[act.cpu()] += 1

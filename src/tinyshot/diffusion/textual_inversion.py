@@ -98,9 +98,57 @@ def _draw(
 
 
 def loss_scale(model: DiffusionModel) -> float:
-    """Static loss scale for fp16 UNets, so backward does not underflow. Adam's update is
-    invariant to a constant gradient scale, so no unscaling is needed."""
-    return 1024.0 if model.dtype == torch.float16 else 1.0
+    """Initial loss scale: fp16 UNets need one so backward does not underflow."""
+    return INITIAL_FP16_SCALE if model.dtype == torch.float16 else 1.0
+
+
+INITIAL_FP16_SCALE = 1024.0
+
+
+class LossScaler:
+    """Dynamic loss scaling for fp16 backward passes (torch.amp.GradScaler's rule, without
+    unscaling: Adam's update is invariant to a constant gradient scale). A step whose gradients
+    are not finite is skipped and the scale halved; after `growth_interval` good steps it
+    doubles. In fp32 (scale 1) every step is taken unchecked, as before."""
+
+    def __init__(self, scale: float = 1.0, growth_interval: int = 200) -> None:
+        self.scale = float(scale)
+        self.growth_interval = growth_interval
+        self.good_steps = 0
+        self.skipped = 0
+
+    @classmethod
+    def for_model(cls, model: DiffusionModel) -> LossScaler:
+        return cls(loss_scale(model))
+
+    def backward(
+        self, loss: torch.Tensor, params: list[torch.Tensor], opt: torch.optim.Optimizer
+    ) -> bool:
+        """backward(loss * scale); True if the gradients are finite and opt.step() should run
+        (the caller steps, so it can mark the update as in progress)."""
+        opt.zero_grad(set_to_none=True)
+        (loss * self.scale).backward()
+        if self.scale != 1.0:
+            finite = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params)
+            if not finite:
+                opt.zero_grad(set_to_none=True)
+                self.scale /= 2.0
+                self.good_steps = 0
+                self.skipped += 1
+                log.debug("fp16 gradient overflow: step skipped, loss scale -> %g", self.scale)
+                return False
+            self.good_steps += 1
+            if self.good_steps % self.growth_interval == 0:
+                self.scale *= 2.0
+        return True
+
+    def state_dict(self) -> dict[str, float | int]:
+        return {"scale": self.scale, "good_steps": self.good_steps, "skipped": self.skipped}
+
+    def load_state_dict(self, d: dict[str, float | int]) -> None:
+        self.scale = float(d["scale"])
+        self.good_steps = int(d["good_steps"])
+        self.skipped = int(d["skipped"])
 
 
 def _optimizer(params: list[torch.Tensor], cfg: SpecializeConfig) -> torch.optim.Optimizer:
@@ -135,6 +183,7 @@ def train_tokens(
     init = model.token_init_vector(cfg.init_token)
     vectors = init.to(model.device).repeat(n, 1).requires_grad_(True)
     opt = _optimizer([vectors], cfg)
+    scaler = LossScaler.for_model(model)
     start = 0
     if state_path is not None and state_path.is_file():
         state = torch.load(state_path, map_location=model.device, weights_only=True)
@@ -143,6 +192,8 @@ def train_tokens(
         with torch.no_grad():
             vectors.copy_(state["vectors"])
         opt.load_state_dict(state["optimizer"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         if "rng" in state:
             torch.set_rng_state(state["rng"].cpu())
         start = int(state["step"])
@@ -172,31 +223,35 @@ def train_tokens(
             loss_val = float(loss.item())
             if not math.isfinite(loss_val):
                 raise TrainingError(f"textual inversion diverged at step {step} (loss {loss_val})")
-            opt.zero_grad(set_to_none=True)
-            (loss * loss_scale(model)).backward()
-            done = -1  # an interrupt inside opt.step would leave a half-applied update
-            opt.step()
+            if scaler.backward(loss, [vectors], opt):
+                done = -1  # an interrupt inside opt.step would leave a half-applied update
+                opt.step()
             done = step + 1
             recent.append(loss_val / n)
             bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
             due = done - saved >= every or time.monotonic() - saved_at >= cfg.ti_checkpoint_seconds
             if state_path is not None and due and done < cfg.ti_steps:
-                _save_state(state_path, vectors, opt, done)
+                _save_state(state_path, vectors, opt, done, scaler)
                 saved, saved_at = done, time.monotonic()
             if done % max(1, cfg.ti_steps // 10) == 0:
                 log.debug("TI step %d/%d loss per class %.5f", done, cfg.ti_steps, loss_val / n)
     except KeyboardInterrupt:
         if state_path is not None and done > saved and done < cfg.ti_steps:
-            _save_state(state_path, vectors, opt, done)
+            _save_state(state_path, vectors, opt, done, scaler)
             log.info("textual inversion: interrupted, step %d/%d kept", done, cfg.ti_steps)
         raise
+    if scaler.skipped:
+        log.info("textual inversion: %d fp16 overflow step(s) skipped", scaler.skipped)
     return vectors.detach().clone()
 
 
-def _save_state(path: Path, vectors: torch.Tensor, opt: torch.optim.Optimizer, step: int) -> None:
+def _save_state(
+    path: Path, vectors: torch.Tensor, opt: torch.optim.Optimizer, step: int, scaler: LossScaler
+) -> None:
     state = {
         "vectors": vectors.detach().cpu(),
         "optimizer": opt.state_dict(),
+        "scaler": scaler.state_dict(),
         "step": step,
         "rng": torch.get_rng_state(),
     }
