@@ -157,6 +157,9 @@ def test_specialize_resumes_and_refuses_other_settings(tint_specialized, monkeyp
     other = SpecializeConfig(**{**s.config.to_dict(), "ti_steps": 31})
     with pytest.raises(ConfigError, match=r"config\.ti_steps"):
         specialize(s.model, s.images, s.names, other, s.out_dir)
+    # the same weights sampled under another x0 rule (clipping) are another specialization
+    with pytest.raises(ConfigError, match="x0_rule"):
+        specialize(_clipped_copy(s.model, 3.0), s.images, s.names, s.config, s.out_dir)
 
 
 def test_kill_during_inversion_keeps_ti_and_finished_classes(tmp_path, tint_episode, monkeypatch):

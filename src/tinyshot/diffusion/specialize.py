@@ -10,6 +10,7 @@ specialize.json fingerprints the settings and inputs so a resume never mixes two
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from PIL import Image
 
 from tinyshot.diffusion.artifacts import ClassArtifact, artifact_done, load_artifacts
 from tinyshot.diffusion.config import SpecializeConfig
-from tinyshot.diffusion.ddim import make_schedule, resolve_spacing
+from tinyshot.diffusion.ddim import X0Rule, make_schedule, resolve_spacing
 from tinyshot.diffusion.inversion import (
     InversionResult,
     measure_reconstruction,
@@ -95,6 +96,9 @@ def _fingerprint(
         "images_sha256": digest,
         "model_id": model.model_id,
         "latent_shape": list(model.latent_shape),
+        # NTI's guided steps follow the scheduler's x0 rule (clipping etc.): a folder made
+        # under another rule (or before the rule was honoured) must not be resumed.
+        "x0_rule": dataclasses.asdict(X0Rule.from_config(model.scheduler.config)),
     }
 
 
