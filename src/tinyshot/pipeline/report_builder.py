@@ -192,11 +192,19 @@ def build_demo_report(
     prep = generator_prep(pipe)
     report = Report("tinyshot demo: TINT few-shot distillation on Fashion-MNIST")
     _health_banner(report, results.get("health"), "all methods of the comparison")
+    world = getattr(config, "world", "unknown")
+    seen = (
+        "trained with all ten class names, but never on the held-out pool the supports come "
+        "from (the concept-known world, the paper's setting)"
+        if world == "known"
+        else "trained with the base-class names only; the novel classes it saw unlabelled "
+        "(the concept-unknown world)"
+    )
     report.paragraph(
         f"{len(episodes)} episodes of {config.ways}-way {config.shots}-shot over the novel classes "
         "(Sandal, Shirt, Sneaker, Bag, Ankle boot). Supports from the train split, queries from "
-        "the test split, which no model saw. Generator: the project's own text-to-image model "
-        "pretrained on base-class captions (docs/pretrained-generator.md)."
+        f"the test split, which no model saw. Generator: {pipe.generator}, the project's own "
+        f"text-to-image model, {seen} (docs/pretrained-generator.md)."
     )
     report.heading("Results")
     rows = []
