@@ -154,6 +154,32 @@ def test_resume_is_bit_exact(trained, tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a), sub
 
 
+def test_warm_start_continues_from_a_model_folder(trained, tmp_path):
+    """A second phase starts from the first one's exported weights (not from random init),
+    keeps the first phase's record, and a resume with another init folder is refused."""
+    out, data, first = trained
+    cfg = tiny_cfg(steps=6, checkpoint_every=2, init_from=str(out / "model"), seed=1)
+    models = load_generator(out / "model")
+    before = eval_loss(None, data, n=64, models=models)
+    part = train_generator(data, tmp_path / "p2", cfg, stop_after=2)
+    assert part["steps_done"] == 2
+    with pytest.raises(ConfigError, match="init_from"):
+        train_generator(data, tmp_path / "p2", tiny_cfg(steps=6, checkpoint_every=2, seed=1),
+                        resume=True)  # fmt: skip
+    summary = train_generator(data, tmp_path / "p2", cfg, resume=True)
+    assert summary["init_from_train"]["steps_done"] == first["steps_done"] == 30
+    assert summary["train_seconds_all_phases"] > summary["train_seconds"]
+    after = eval_loss(tmp_path / "p2" / "model", data, n=64)
+    fresh = train_generator(data, tmp_path / "cold", tiny_cfg(steps=6, seed=1))
+    cold = eval_loss(tmp_path / "cold" / "model", data, n=64)
+    assert fresh["steps_done"] == 6
+    assert after < 0.5 * cold and after < 1.5 * before  # it kept what phase one learned
+    info = json.loads((tmp_path / "p2" / "model" / "tinyshot.json").read_text())
+    assert info["train"]["config"]["init_from"] == str(out / "model")
+    with pytest.raises(ConfigError, match="cannot start from this model"):
+        train_generator(data, tmp_path / "bad", tiny_cfg(steps=2, init_from=str(tmp_path)))
+
+
 def test_fp16_storage_loads_as_fp32(trained, tmp_path):
     from tinyshot.diffusion.pretrain import export_model_folder
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,6 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"images per step (default {d.batch_size})")  # fmt: skip
     p.add_argument("--seed", type=int, default=d.seed, help=f"seed (default {d.seed})")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--init-from", default=None, metavar="MODEL_DIR",
+                   help="start from this model folder's weights (same architecture) with a fresh "
+                   "optimizer and LR schedule: a second training phase")  # fmt: skip
+    p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
     p.add_argument("--root", default=None, help="dataset folder (default: the Debian package's)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -53,7 +58,13 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = PretrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed)
+    cfg = PretrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        lr=args.lr,
+        init_from=str(Path(args.init_from).resolve()) if args.init_from else None,
+    )
     data = RECIPES[args.dataset](image_size=cfg.image_size, seed=args.seed, root=args.root)
     command = "tinyshot " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     summary = train_generator(
@@ -61,7 +72,6 @@ def _run(args: argparse.Namespace) -> int:
     )
     if summary["steps_done"] < cfg.steps:
         return 1
-    from pathlib import Path
 
     model_dir = Path(args.out) / MODEL_SUBDIR
     print(

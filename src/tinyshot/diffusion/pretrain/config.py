@@ -53,6 +53,9 @@ class PretrainConfig:
     seed: int = FASHION_DEFAULT_SEED
     checkpoint_every: int = 100
     save_dtype: str = "float16"
+    # Warm start: a model folder (same architecture) whose weights start this run, with a
+    # fresh optimizer and LR schedule (a second phase of a run whose first phase was too short).
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         self.block_out_channels = tuple(self.block_out_channels)

@@ -4,6 +4,7 @@ bit-exactly, and the model folder at the end.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -17,7 +18,7 @@ from tinyshot.diffusion.pretrain.config import PretrainConfig
 from tinyshot.diffusion.pretrain.data import CaptionedImages
 from tinyshot.diffusion.pretrain.export import export_model_folder, folder_size_mb
 from tinyshot.diffusion.pretrain.models import _Models, build_scheduler, tokenize
-from tinyshot.errors import ConfigError, DataError, TrainingError
+from tinyshot.errors import ConfigError, DataError, ModelError, TrainingError
 from tinyshot.utils.checkpoint import load_checkpoint, restore, save_checkpoint
 from tinyshot.utils.device import resolve_device
 from tinyshot.utils.io import write_json
@@ -101,6 +102,7 @@ def train_generator(
     tokenizer = load_clip_tokenizer(model_max_length=cfg.max_length)
     dev = resolve_device(device)
     models = _Models(cfg, tokenizer).to(dev)
+    init_train: dict[str, Any] | None = None
     scheduler = build_scheduler(cfg)
     caption_set = sorted(set(data.captions))
     caption_index = {c: i for i, c in enumerate(caption_set)}
@@ -117,7 +119,10 @@ def train_generator(
     if resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path, expect={"arch": ARCH})
         for key in ("config", "recipe", "n_images"):
-            if _training_part(state["meta"].get(key)) != _training_part(meta[key]):
+            old = state["meta"].get(key)
+            if key == "config" and isinstance(old, dict):
+                old = {"init_from": None, **old}  # checkpoints from before the key existed
+            if _training_part(old) != _training_part(meta[key]):
                 raise ConfigError(
                     f"{ckpt_path}: checkpoint was made with a different {key} "
                     f"({_diff(state['meta'].get(key), meta[key])}); use another --out"
@@ -129,6 +134,8 @@ def train_generator(
         elapsed = float(state["extra"].get("elapsed_s", 0.0))
         log.info("resuming %s at step %d/%d", out, step, cfg.steps)
     else:
+        if cfg.init_from:
+            init_train = _warm_start(models, cfg.init_from)
         n_params = sum(p.numel() for p in models.unet.parameters())
         n_text = sum(p.numel() for p in models.text_encoder.parameters())
         log.info(
@@ -223,6 +230,12 @@ def train_generator(
         "torch_threads": torch.get_num_threads(),
         "device": str(dev),
     }
+    if cfg.init_from:
+        if init_train is None:  # resumed: the first attempt read it
+            init_train = _read_train_record(cfg.init_from)
+        summary["init_from_train"] = init_train
+        prev = float(init_train.get("train_seconds") or 0.0)
+        summary["train_seconds_all_phases"] = round(prev + elapsed, 1)
     if step < cfg.steps:
         log.info("stopped at step %d/%d; rerun with --resume to continue", step, cfg.steps)
         return summary
@@ -255,3 +268,25 @@ def _diff(old: Any, new: Any) -> str:
         keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys)
     return f"{old!r} -> {new!r}"
+
+
+def _read_train_record(folder: str | Path) -> dict[str, Any]:
+    info = Path(folder) / "tinyshot.json"
+    return json.loads(info.read_text()).get("train", {}) if info.is_file() else {}
+
+
+def _warm_start(models: _Models, folder: str | Path) -> dict[str, Any]:
+    """Copy a model folder's UNet and text encoder into the trained and EMA modules; returns
+    that folder's training record (kept in this run's summary, so the recipe stays whole)."""
+    from tinyshot.diffusion.pretrain.sampling import load_generator
+
+    try:
+        unet, text, *_ = load_generator(folder)
+        for dst in (models.unet, models.ema_unet):
+            dst.load_state_dict(unet.state_dict())
+        for dst in (models.text_encoder, models.ema_text_encoder):
+            dst.load_state_dict(text.state_dict())
+    except (OSError, RuntimeError, ModelError) as e:
+        raise ConfigError(f"--init-from {folder}: cannot start from this model ({e})") from e
+    log.info("warm start from %s", folder)
+    return _read_train_record(folder)
