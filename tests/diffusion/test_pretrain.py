@@ -24,6 +24,9 @@ from tinyshot.diffusion.pretrain import (
 )
 from tinyshot.errors import ConfigError, DataError
 
+# eps-MSE of the concept-known generator on its never-seen pool images (measured: POOL_LOSS)
+POOL_LOSS_MAX = 0.1
+
 TINY = {
     "image_size": 16,
     "block_out_channels": (16, 32),
@@ -273,6 +276,37 @@ def test_shipped_glyphs_generator_denoises_unseen_scripts():
     images = generator_images(ev.images)
     data = CaptionedImages(images, [GENERIC_CAPTION] * len(images), "glyphs-evaluation")
     assert eval_loss(d, data, n=64, models=models) < 0.05
+
+
+def test_shipped_concept_known_generator():
+    """Knows all ten names, never saw the support pool, and its recorded fidelity is real."""
+    d = default_generator_path("fashion-mnist-known")
+    if not (d / "unet").is_dir():
+        pytest.skip("shipped generator weights not present")
+    from tinyshot.data.fashion_mnist import heldout_pool, load_fashion_mnist, pool_checksum
+    from tinyshot.diffusion.pretrain import CAPTION_TEMPLATE, FASHION_NOVEL_WORDS, pad_to
+    from tinyshot.evaluation.fidelity import class_fidelity, generator_sampler, load_judge
+
+    assert folder_size_mb(d) <= 20.0
+    models = load_generator(d)
+    info = models[-1]
+    assert info["recipe"] == "fashion-mnist-known" and len(info["class_captions"]) == 10
+    train = load_fashion_mnist("train")
+    pool = heldout_pool(train.labels)
+    assert info["data"]["heldout_pool"]["sha256_16"] == pool_checksum(pool)
+    # never-seen pool images of the novel classes denoise well under their class captions
+    keep = pool[:: len(pool) // 64][:64]
+    caps = [CAPTION_TEMPLATE.format(FASHION_NOVEL_WORDS[int(y)]) for y in train.labels[keep]]
+    data = CaptionedImages(pad_to(train.images[keep], 32), caps, "fashion-pool")
+    assert eval_loss(d, data, n=64, models=models) < POOL_LOSS_MAX
+    # the recorded fidelity (50 per class) is what a fresh small sample shows, within noise
+    recorded = info["fidelity"]["by_guidance"]["3"]
+    judge, jinfo = load_judge("fashion-mnist")
+    novel = {c: info["class_captions"][c] for c in ("Trouser", "Bag", "Sneaker")}
+    res = class_fidelity(generator_sampler(d, 10, 3.0, seed=7), judge, novel,
+                         jinfo["class_names"], n_per_class=10)  # fmt: skip
+    want = np.mean([recorded["per_class"][c] for c in novel])
+    assert abs(res["mean"] - want) <= 0.25
 
 
 def test_unknown_shipped_generator_is_a_clear_error():
