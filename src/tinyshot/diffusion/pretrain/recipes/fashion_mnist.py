@@ -71,13 +71,11 @@ def fashion_mnist_recipe(
         "class_captions": {
             ds.class_names[c]: CAPTION_TEMPLATE.format(w) for c, w in FASHION_BASE_WORDS.items()
         },
-        # 28 px grey images zero-padded (pad_to) onto the canvas: see data.transforms.ImagePrep.
-        "image_prep": {
-            "mode": "pad",
-            "size": image_size,
-            "content_size": 28,
-            "pad_value": 0,
-            "grey": True,
-        },
+        "image_prep": fashion_image_prep(image_size),
     }
     return CaptionedImages(images, captions, "fashion-mnist-base", info)
+
+
+def fashion_image_prep(image_size: int) -> dict[str, object]:
+    """28 px grey images zero-padded (pad_to) onto the canvas: see data.transforms.ImagePrep."""
+    return {"mode": "pad", "size": image_size, "content_size": 28, "pad_value": 0, "grey": True}

@@ -17,6 +17,7 @@ from tinyshot.diffusion.pretrain.data import (
 from tinyshot.diffusion.pretrain.recipes.fashion_mnist import (
     FASHION_BASE_WORDS,
     FASHION_DEFAULT_SEED,
+    fashion_image_prep,
 )
 from tinyshot.errors import ConfigError
 from tinyshot.utils.seed import derive_seed
@@ -37,8 +38,8 @@ def fashion_mnist_known_recipe(
     """The concept-known world: all ten classes named, minus a held-out pool of novel images.
 
     Stable Diffusion saw sandals and bags with captions; this generator plays that part. The
-    pool (`data.fashion_mnist.heldout_pool`, split `novel-pool`) is never seen, so few-shot supports drawn from it are new
-    images of known concepts, as in the paper. Queries still come from the test split.
+    pool (`data.fashion_mnist.heldout_pool`, split `novel-pool`) is never seen, so few-shot
+    supports drawn from it are new images of known concepts, as in the paper. Queries still come from the test split.
     """
     from tinyshot.data.fashion_mnist import (
         POOL_PER_CLASS,
@@ -89,12 +90,6 @@ def fashion_mnist_known_recipe(
         "class_captions": {
             ds.class_names[c]: CAPTION_TEMPLATE.format(w) for c, w in sorted(words.items())
         },
-        "image_prep": {
-            "mode": "pad",
-            "size": image_size,
-            "content_size": 28,
-            "pad_value": 0,
-            "grey": True,
-        },
+        "image_prep": fashion_image_prep(image_size),
     }
     return CaptionedImages(images, captions, "fashion-mnist-known", info)
