@@ -95,3 +95,24 @@ def tint_specialized(tint_trained_model, tint_episode, tmp_path_factory) -> Spec
     out = tmp_path_factory.mktemp("tint") / "spec"
     arts = specialize(model, images, names, cfg, out, show_progress=False)
     return Specialized(model, arts, out, cfg, images, names, rows_before)
+
+
+@pytest.fixture
+def interrupt_second_call(monkeypatch):
+    """install(module, name): module.name raises KeyboardInterrupt on its second call (a kill
+    in the middle of a stage); returns (the real function, the call counter)."""
+
+    def install(module, name):
+        real = getattr(module, name)
+        calls = {"n": 0}
+
+        def dies_second_time(*a, **k):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise KeyboardInterrupt
+            return real(*a, **k)
+
+        monkeypatch.setattr(module, name, dies_second_time)
+        return real, calls
+
+    return install

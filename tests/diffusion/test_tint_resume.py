@@ -112,7 +112,7 @@ def test_ti_interrupt_inside_the_optimizer_step_writes_nothing(tmp_path, monkeyp
 
 
 def test_nti_keeps_each_finished_batch_and_resume_equals_uninterrupted(
-    tmp_path, tint_episode, monkeypatch
+    tmp_path, tint_episode, monkeypatch, interrupt_second_call
 ):
     images, names = tint_episode  # 2 classes x 2 images
     m = build_tiny_diffusion_model(seed=5)
@@ -128,16 +128,7 @@ def test_nti_keeps_each_finished_batch_and_resume_equals_uninterrupted(
     full = specialize(m, images, names, cfg, tmp_path / "full", show_progress=False)
     assert not (tmp_path / "full" / "inversion").exists()  # batches removed once all is saved
 
-    real = spec_mod.null_text_inversion
-    calls = {"n": 0}
-
-    def dies_second_time(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(spec_mod, "null_text_inversion", dies_second_time)
+    real, _ = interrupt_second_call(spec_mod, "null_text_inversion")
     out = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):
         specialize(m, images, names, cfg, out, show_progress=False)

@@ -162,7 +162,9 @@ def test_specialize_resumes_and_refuses_other_settings(tint_specialized, monkeyp
         specialize(_clipped_copy(s.model, 3.0), s.images, s.names, s.config, s.out_dir)
 
 
-def test_kill_during_inversion_keeps_ti_and_finished_classes(tmp_path, tint_episode, monkeypatch):
+def test_kill_during_inversion_keeps_ti_and_finished_classes(
+    tmp_path, tint_episode, monkeypatch, interrupt_second_call
+):
     images, names = tint_episode
     m = build_tiny_diffusion_model(seed=5)
     cfg = SpecializeConfig(
@@ -172,16 +174,7 @@ def test_kill_during_inversion_keeps_ti_and_finished_classes(tmp_path, tint_epis
         inversion_batch_size=2,
         upscale="bilinear",
     )
-    real = spec_mod.negative_prompt_inversion
-    calls = {"n": 0}
-
-    def dies_second_time(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(spec_mod, "negative_prompt_inversion", dies_second_time)
+    _, calls = interrupt_second_call(spec_mod, "negative_prompt_inversion")
     with pytest.raises(KeyboardInterrupt):
         specialize(m, images, names, cfg, tmp_path / "s")
     assert (tmp_path / "s" / "0.json").is_file() and not (tmp_path / "s" / "1.json").exists()
