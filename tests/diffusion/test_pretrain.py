@@ -223,6 +223,25 @@ def test_bad_inputs_are_named():
         CaptionedImages(np.zeros((3, 8, 8), np.float32), ["a"] * 3, "x")
     with pytest.raises(ConfigError, match="image_size"):
         PretrainConfig(image_size=30)
+    with pytest.raises(ConfigError, match="offset_noise"):
+        PretrainConfig(offset_noise=-0.1)
+
+
+def test_offset_noise_statistics():
+    """Per-image channel means get variance offset^2 + 1/(H W); plain noise is untouched."""
+    from tinyshot.diffusion.pretrain.train import training_noise
+
+    shape = torch.Size((4000, 3, 16, 16))
+    plain = training_noise(shape, torch.Generator().manual_seed(0))
+    assert torch.equal(plain, torch.randn(shape, generator=torch.Generator().manual_seed(0)))
+    for offset in (0.1, 0.3):
+        noise = training_noise(shape, torch.Generator().manual_seed(0), offset)
+        # the pixel noise is the plain stream; the offset comes after it
+        assert torch.allclose(noise - noise.mean((2, 3), keepdim=True),
+                              plain - plain.mean((2, 3), keepdim=True), atol=1e-5)  # fmt: skip
+        var = noise.mean((2, 3)).var().item()
+        expected = offset**2 + 1 / 256
+        assert abs(var - expected) / expected < 0.06  # 12000 samples: sd of the ratio ~1.3%
 
 
 def test_cli_defaults_match_config():
@@ -231,6 +250,7 @@ def test_cli_defaults_match_config():
     args = build_parser().parse_args(["pretrain-generator", "--out", "x"])
     d = PretrainConfig()
     assert (args.steps, args.batch_size, args.seed) == (d.steps, d.batch_size, d.seed)
+    assert args.offset_noise == d.offset_noise == 0.0
     assert args.dataset == "fashion-mnist"
 
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from tinyshot.errors import DataError, ModelError
 from tinyshot.models.backbones import build_backbone, build_tiny_vit
-from tinyshot.models.teacher import ProtoNetTeacher, build_teacher
+from tinyshot.models.teacher import ProtoNetTeacher, build_teacher, default_batch_size
 
 
 def test_prototype_and_cosine_math_match_manual_computation():
@@ -49,6 +49,19 @@ def test_logits_episode_is_differentiable():
     )
     loss.backward()
     assert t.scale.grad is not None and t.backbone.net.net.blocks[0][0].weight.grad is not None
+
+
+def test_default_batch_is_small_on_cpu_and_does_not_change_the_labels():
+    assert default_batch_size(torch.device("cpu")) == 16
+    assert default_batch_size(torch.device("cuda")) == 64
+    t = build_teacher("conv4", input_size=16).eval()
+    g = torch.Generator().manual_seed(0)
+    support, queries = torch.rand(6, 3, 16, 16, generator=g), torch.rand(40, 3, 16, 16, generator=g)
+    t.set_support(support, torch.tensor([0, 1, 2, 0, 1, 2]))
+    auto = t.predict_proba(queries)  # 16 per call: three calls
+    one_call = t.predict_proba(queries, batch_size=64)
+    assert auto.shape == (40, 3)
+    assert torch.allclose(auto, one_call, atol=1e-6)
 
 
 def test_predict_before_support_and_bad_support():

@@ -32,3 +32,43 @@ def test_known_world_supports_come_from_the_pool_only():
     assert {int(support.item_id(i)) for i in range(len(support))} == pool
     assert query.split == "novel-test" and base.split == "base"
     assert support.class_names == query.class_names
+
+
+def test_per_class_frechet_equals_the_direct_computation(tmp_path):
+    """Real features computed once per class give each (generator, class) the same distance as
+    a direct frechet_between on frame-cropped fakes and the class's first n test images."""
+    import numpy as np
+
+    from tinyshot.data.transforms import crop_generator_frame, images_to_tensor, tensor_to_pil
+    from tinyshot.diffusion.store import ImageStore
+    from tinyshot.evaluation.frechet import EFFNET_METRIC, BackboneFeatures, frechet_between
+    from tinyshot.models.backbones import build_backbone
+    from tinyshot.pipeline.demo import frechet_per_class
+    from tinyshot.pipeline.episode import generator_prep
+
+    _, query, _ = demo_datasets("known")
+    names = query.class_names[:2]
+    rng = np.random.default_rng(0)
+    episode = tmp_path / "episode"
+    for k, g in enumerate(("ti", "tint")):
+        store = ImageStore.create_or_resume(episode / "synthetic" / g, {"method": g})
+        recs = [
+            {"class_index": c, "index": j, "seed": j, "path": f"images/{c:03d}/{j:06d}.png"}
+            for c in range(2)
+            for j in range(12)
+        ]
+        imgs = rng.integers(0, 256 - 100 * k, (24, 32, 32, 3), dtype=np.uint8)
+        store.write(recs, imgs)
+    n = 12
+    fd = frechet_per_class(tmp_path, episode, query, names, ["ti", "tint"], n)
+    assert (tmp_path / "frechet.json").is_file()
+    prep = generator_prep(PipelineConfig())
+    extractor = BackboneFeatures(build_backbone("efficientnet-lite0", input_size=96), EFFNET_METRIC)
+    for g in ("ti", "tint"):
+        store = ImageStore(episode / "synthetic" / g)
+        for c, name in enumerate(names):
+            fake = crop_generator_frame(images_to_tensor(store.load_images(c)), prep)
+            real = query.load_images(query.indices_of(query.class_id(name))[:n])
+            direct = frechet_between([tensor_to_pil(x) for x in fake], real, extractor).value
+            assert fd["per_generator"][g][name] == pytest.approx(direct, rel=1e-4)
+    assert fd["mean"]["tint"] != fd["mean"]["ti"]

@@ -97,7 +97,7 @@ def pseudo_label(
     cache_path: str | Path,
     *,
     temperature: float = 1.0,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     chunk_size: int = 2048,
     num_images: int | None = None,
     source_id: str | None = None,
@@ -111,7 +111,7 @@ def pseudo_label(
     cache_path = Path(cache_path)
     if temperature <= 0:
         raise ConfigError(f"temperature must be > 0, got {temperature}")
-    if chunk_size < 1 or batch_size < 1:
+    if chunk_size < 1 or (batch_size is not None and batch_size < 1):
         raise ConfigError("chunk_size and batch_size must be >= 1")
     if isinstance(images, torch.Tensor):
         if images.ndim != 4 or images.shape[1] != 3:

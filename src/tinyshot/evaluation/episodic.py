@@ -73,7 +73,7 @@ def evaluate_teacher_episode(
     support_labels: torch.Tensor,
     query_images: torch.Tensor | Iterable[torch.Tensor],
     query_labels: torch.Tensor,
-    batch_size: int = 64,
+    batch_size: int | None = None,
 ) -> float:
     """ProtoNet accuracy on one episode: prototypes from the support, argmax over the queries.
 

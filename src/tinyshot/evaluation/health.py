@@ -228,7 +228,9 @@ def specialization_figures(spec_dir: str | Path) -> dict[int, dict[str, Any]]:
 
 
 @torch.no_grad()
-def teacher_features(teacher: Any, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+def teacher_features(
+    teacher: Any, images: torch.Tensor, batch_size: int | None = None
+) -> torch.Tensor:
     """(B, D) unit-normalised teacher backbone features of uint8 or [0,1] images."""
     x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
     was = teacher.training

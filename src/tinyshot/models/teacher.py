@@ -20,6 +20,16 @@ from torch import nn
 from tinyshot.errors import ConfigError, DataError, ModelError
 from tinyshot.models.backbones import FeatureBackbone, build_backbone
 
+# Images per backbone call when the caller gives none. Small batches are faster per image on a
+# CPU (EfficientNet-Lite0 at 96 px, one thread on the 2-core dev machine: 13.4 ms at 16,
+# 19.7-20.1 ms at 50-64), large ones on a GPU.
+CPU_BATCH_SIZE = 16
+GPU_BATCH_SIZE = 64
+
+
+def default_batch_size(device: torch.device) -> int:
+    return CPU_BATCH_SIZE if device.type == "cpu" else GPU_BATCH_SIZE
+
 
 class ProtoNetTeacher(nn.Module):
     def __init__(self, backbone: FeatureBackbone, init_scale: float = 10.0) -> None:
@@ -70,7 +80,7 @@ class ProtoNetTeacher(nn.Module):
 
     @torch.no_grad()
     def set_support(
-        self, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 64
+        self, images: torch.Tensor, labels: torch.Tensor, batch_size: int | None = None
     ) -> ProtoNetTeacher:
         """Fix the episode's classes: prototypes from support images (B,3,H,W) in [0,1]."""
         was_training = self.training
@@ -80,8 +90,9 @@ class ProtoNetTeacher(nn.Module):
         self.train(was_training)
         return self
 
-    def _features_batched(self, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    def _features_batched(self, images: torch.Tensor, batch_size: int | None) -> torch.Tensor:
         dev = self._device()
+        batch_size = batch_size or default_batch_size(dev)
         out = [
             self.backbone(images[i : i + batch_size].to(dev))
             for i in range(0, len(images), batch_size)
@@ -95,7 +106,7 @@ class ProtoNetTeacher(nn.Module):
 
     @torch.no_grad()
     def predict_proba(
-        self, images: torch.Tensor, temperature: float = 1.0, batch_size: int = 64
+        self, images: torch.Tensor, temperature: float = 1.0, batch_size: int | None = None
     ) -> torch.Tensor:
         """Soft labels (B, N) for pseudo-labelling; batched, eval mode, on the teacher's device."""
         if not self.prototypes.numel():
@@ -105,6 +116,7 @@ class ProtoNetTeacher(nn.Module):
         was_training = self.training
         self.eval()
         probs = []
+        batch_size = batch_size or default_batch_size(self._device())
         for i in range(0, len(images), batch_size):
             logits = self(images[i : i + batch_size].to(self._device()))
             probs.append(torch.softmax(logits.float() / temperature, dim=-1).cpu())

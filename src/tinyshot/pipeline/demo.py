@@ -220,14 +220,32 @@ def frechet_per_class(
     sides are in the real images' frame (a black frame alone would add distance)."""
     from tinyshot.data.transforms import crop_generator_frame, images_to_tensor, tensor_to_pil
     from tinyshot.diffusion.store import ImageStore
-    from tinyshot.evaluation.frechet import EFFNET_METRIC, BackboneFeatures, frechet_between
+    from tinyshot.evaluation.frechet import (
+        EFFNET_METRIC,
+        BackboneFeatures,
+        extract_features,
+        frechet_distance_features,
+    )
     from tinyshot.models.backbones import build_backbone
+    from tinyshot.models.teacher import default_batch_size
+    from tinyshot.utils.device import resolve_device
 
     cache = out / "frechet.json"
     if cache.is_file():
         return read_json(cache)
     prep = generator_prep(pipeline or PipelineConfig())
     extractor = BackboneFeatures(build_backbone("efficientnet-lite0", input_size=96), EFFNET_METRIC)
+
+    dev = resolve_device(None)
+
+    def features(images) -> Any:
+        return extract_features(extractor, images, default_batch_size(dev), dev)
+
+    # the real side once per class, not once per generator and class
+    real = {
+        name: features(query_ds.load_images(query_ds.indices_of(query_ds.class_id(name))[:n]))
+        for name in class_names
+    }
     per: dict[str, dict[str, float]] = {}
     for g in generators:
         store = ImageStore(episode_dir / "synthetic" / g)
@@ -235,9 +253,7 @@ def frechet_per_class(
         for c, name in enumerate(class_names):
             fake = store.load_images(c)[:n]
             fake = [tensor_to_pil(x) for x in crop_generator_frame(images_to_tensor(fake), prep)]
-            idx = query_ds.indices_of(query_ds.class_id(name))[:n]
-            real = query_ds.load_images(idx)
-            per[g][name] = frechet_between(fake, real, extractor).value
+            per[g][name] = frechet_distance_features(features(fake), real[name])
     res = {
         "metric": EFFNET_METRIC,
         "images_per_class": n,

@@ -33,6 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="start from this model folder's weights (same architecture) with a fresh "
                    "optimizer and LR schedule: a second training phase")  # fmt: skip
     p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
+    p.add_argument("--offset-noise", type=float, default=d.offset_noise,
+                   help="offset-noise strength (0.1 is usual): per-image, per-channel noise "
+                   "offsets, so samples can reach the data's black backgrounds "
+                   f"(default {d.offset_noise})")  # fmt: skip
     p.add_argument("--root", default=None, help="dataset folder (default: the Debian package's)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -63,6 +67,7 @@ def _run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         lr=args.lr,
+        offset_noise=args.offset_noise,
         init_from=str(Path(args.init_from).resolve()) if args.init_from else None,
     )
     data = RECIPES[args.dataset](image_size=cfg.image_size, seed=args.seed, root=args.root)

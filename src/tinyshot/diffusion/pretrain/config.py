@@ -50,6 +50,11 @@ class PretrainConfig:
     # Min-SNR-gamma loss weights (Hang et al. 2023): converge faster on the high-noise steps
     # that decide an image's layout; None trains on the plain epsilon-MSE.
     snr_gamma: float | None = 5.0
+    # Offset noise (Guttenberg 2023): add offset_noise * N(0, 1) per image and channel to the
+    # training noise. SD's schedule keeps sqrt(alpha_bar_T) = 0.068 of the image at t = T, so a
+    # model learns to read each image's mean brightness from x_T; sampling starts from noise
+    # with mean ~0 and draws mid-grey backgrounds where the data has black ones. 0 = plain.
+    offset_noise: float = 0.0
     seed: int = FASHION_DEFAULT_SEED
     checkpoint_every: int = 100
     save_dtype: str = "float16"
@@ -67,6 +72,8 @@ class PretrainConfig:
             )
         if not 0.0 <= self.caption_dropout < 1.0:
             raise ConfigError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
+        if not 0.0 <= self.offset_noise <= 1.0:
+            raise ConfigError(f"offset_noise must be in [0, 1], got {self.offset_noise}")
         if self.save_dtype not in ("float32", "float16"):
             raise ConfigError(f"save_dtype must be float32 or float16, got {self.save_dtype!r}")
         if self.image_size % 2 ** (len(self.block_out_channels) - 1):

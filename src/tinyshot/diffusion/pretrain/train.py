@@ -48,6 +48,17 @@ def _lr_lambda(cfg: PretrainConfig) -> Callable[[int], float]:
     return f
 
 
+def training_noise(shape: torch.Size, gen: torch.Generator, offset: float = 0.0) -> torch.Tensor:
+    """N(0, I), plus `offset` x N(0, 1) per image and channel (offset noise) when offset > 0.
+
+    The offset is drawn only when on, so plain runs keep their exact random stream.
+    """
+    noise = torch.randn(shape, generator=gen)
+    if offset:
+        noise += offset * torch.randn(tuple(shape[:2]) + (1,) * (len(shape) - 2), generator=gen)
+    return noise
+
+
 def _batch_indices(step: int, batch_size: int, n: int, seed: int, cache: dict) -> np.ndarray:
     """Indices of a step's batch, a pure function of the step: epochs of seeded permutations."""
     pos = np.arange(step * batch_size, (step + 1) * batch_size)
@@ -121,7 +132,8 @@ def train_generator(
         for key in ("config", "recipe", "n_images"):
             old = state["meta"].get(key)
             if key == "config" and isinstance(old, dict):
-                old = {"init_from": None, **old}  # checkpoints from before the key existed
+                # checkpoints from before these keys existed
+                old = {"init_from": None, "offset_noise": 0.0, **old}
             if _training_part(old) != _training_part(meta[key]):
                 raise ConfigError(
                     f"{ckpt_path}: checkpoint was made with a different {key} "
@@ -173,7 +185,7 @@ def train_generator(
         drop = torch.rand(len(idx), generator=gen) < cfg.caption_dropout
         ids = torch.where(drop[:, None], empty_ids, ids)
         # all random draws on the CPU generator: same stream on any device
-        noise = torch.randn(x.shape, generator=gen).to(dev)
+        noise = training_noise(x.shape, gen, cfg.offset_noise).to(dev)
         t = torch.randint(0, cfg.num_train_timesteps, (len(idx),), generator=gen)
         a = alphas[t].view(-1, 1, 1, 1).to(dev)
         t, ids = t.to(dev), ids.to(dev)
