@@ -23,6 +23,7 @@ from tinyshot.evaluation.health import (
     loo_protonet_accuracy,
     nti_psnr,
     support_distances,
+    teacher_headroom,
 )
 
 
@@ -249,3 +250,16 @@ def test_multi_episode_blocks_pool_agreement_and_count_failed_episodes():
     )
     assert bench["generators"]["tint"]["episodes_warned"] == 1
     assert bench["generators"]["tint"]["agreement"] == pytest.approx(0.3)
+
+
+def test_teacher_headroom_warns_below_three_points():
+    # the concept-known demo episode: teacher 85.12, best student name 89.68
+    hr = teacher_headroom({"teacher": 0.8512, "support": 0.8748, "name": 0.8968, "tint": 0.8894})
+    assert hr["best_student"] == "name"
+    assert hr["headroom"] == pytest.approx(-0.0456)
+    assert hr["status"] == "warn" and "-4.6 points" in hr["warning"]
+    ok = teacher_headroom({"teacher": 0.904, "support": 0.856, "tint": 0.872})
+    assert ok["status"] == "ok" and ok["warning"] is None
+    assert ok["headroom"] == pytest.approx(0.032)
+    assert teacher_headroom({"support": 0.8}) is None
+    assert teacher_headroom({"teacher": 0.8}) is None

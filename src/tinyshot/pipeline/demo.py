@@ -181,13 +181,26 @@ def paired_vs_tint(per_episode: list[dict[str, dict[str, Any]]], methods: list[s
 
 
 def format_table(
-    summary: dict[str, Any], fd: dict[str, Any] | None = None, paired: list[dict] | None = None
+    summary: dict[str, Any],
+    fd: dict[str, Any] | None = None,
+    paired: list[dict] | None = None,
+    headroom: dict[str, Any] | None = None,
 ) -> str:
     lines = [f"{'method':<48} {'accuracy (%)':>20} {'episodes':>9}"]
     for m, s in summary.items():
         ci = "n/a" if s["ci95"] != s["ci95"] else f"{100 * s['ci95']:.2f}"
         lines.append(
             f"{METHOD_LABELS.get(m, m):<48} {100 * s['mean']:>12.2f} +- {ci:>5} {s['episodes']:>9}"
+        )
+    if headroom:
+        lines.append(
+            f"teacher headroom over the best student ({headroom['best_student']}): "
+            f"{100 * headroom['headroom']:+.2f} points"
+            + (
+                ""
+                if headroom["status"] == "ok"
+                else "  WARNING: below +3, the methods cannot separate"
+            )
         )
     if paired:
         lines.append("")
@@ -337,7 +350,11 @@ def _run_demo(out: Path, config: DemoConfig, world: World) -> dict[str, Any]:
             config.fd_images,
             config.pipeline,
         )
-    from tinyshot.evaluation.health import combine_episodes
+    from tinyshot.evaluation.health import combine_episodes, teacher_headroom
+
+    headroom = teacher_headroom({m: s["mean"] for m, s in summary.items()})
+    if headroom and headroom["warning"]:
+        log.warning("%s", headroom["warning"])
 
     health = combine_episodes(
         [
@@ -368,12 +385,13 @@ def _run_demo(out: Path, config: DemoConfig, world: World) -> dict[str, Any]:
         "per_episode": per_episode,
         "frechet": fd,
         "health": health,
+        "teacher_headroom": headroom,
         "wall_seconds": StageTimes(out).get(DEMO_TIME_KEY, running_since=t_start),
         "wall_seconds_this_attempt": time.perf_counter() - t_start,
         "torch_threads": torch.get_num_threads(),  # results are identical for the same count
     }
     write_json(out / "results.json", results)
-    table = format_table(summary, fd, paired)
+    table = format_table(summary, fd, paired, headroom)
     (out / "summary.txt").write_text(table + "\n")
     build_demo_report(out, results, episodes, support_ds, query_ds, config)
     print(table)

@@ -220,6 +220,12 @@ def build_demo_report(
             ]
         )
     report.table(["method", "accuracy %", "95% CI +-", "episodes", "queries/episode"], rows)
+    if hr := results.get("teacher_headroom"):
+        report.paragraph(
+            f"Teacher headroom over the best student ({hr['best_student']}): "
+            f"{100 * hr['headroom']:+.2f} points. "
+            + (f"WARNING: {hr['warning']}." if hr["warning"] else "Enough to rank the sources.")
+        )
     fd = results.get("frechet")
     if fd:
         names = list(next(iter(fd["per_generator"].values())).keys())

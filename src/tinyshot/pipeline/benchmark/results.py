@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tinyshot.evaluation.health import teacher_headroom
 from tinyshot.pipeline.benchmark.statistics import method_statistics, paired_differences
 from tinyshot.pipeline.benchmark.store import RESULTS_FORMAT, VERSION
 from tinyshot.utils.io import read_json, write_json
@@ -40,6 +41,12 @@ class BenchmarkResult:
     def accuracies(self, method: str) -> list[float]:
         return [r["methods"][method]["accuracy"] for r in self.per_episode]
 
+    @property
+    def teacher_headroom(self) -> dict[str, Any] | None:
+        """Teacher minus the best student on the mean accuracies (evaluation.health)."""
+        means = {m: s["mean"] for m, s in self.summary.items() if s.get("mean") is not None}
+        return teacher_headroom(means)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": RESULTS_FORMAT,
@@ -53,6 +60,7 @@ class BenchmarkResult:
             "failures": self.failures,
             "per_episode": self.per_episode,
             "health": self.health,
+            "teacher_headroom": self.teacher_headroom,
         }
 
     def render(self, width: int = 120) -> str:
@@ -120,6 +128,12 @@ class BenchmarkResult:
                     f"{s['episodes_failed']}, warned in {s['episodes_warned']} of "
                     f"{s['episodes']} episodes"
                 )
+        if (hr := self.teacher_headroom) is not None:
+            console.print(
+                f"teacher headroom over the best student ({hr['best_student']}): "
+                f"{100 * hr['headroom']:+.2f} points"
+                + (f". WARNING: {hr['warning']}" if hr["warning"] else "")
+            )
         for f in self.failures:
             console.print(f"episode {f['index']} failed: {f['error_type']}: {f['message']}")
         return console.export_text()
