@@ -242,6 +242,31 @@ def class_fidelity(
     }
 
 
+def judged_share(
+    judge: torch.nn.Module,
+    judge_classes: Sequence[str],
+    images_by_class: dict[str, torch.Tensor],
+) -> dict[str, Any]:
+    """Share of each class's images (real frame, [0,1]) the judge labels as that class.
+
+    The same figure as `class_fidelity`, for images already made (a run's synthetic images):
+    an in-domain check beside the teacher agreement, which a weak teacher drags down."""
+    unknown = [c for c in images_by_class if c not in judge_classes]
+    if unknown:
+        raise DataError(f"class(es) {unknown} are not judge classes {list(judge_classes)}")
+    per_class = {
+        c: float((predict(judge, x) == list(judge_classes).index(c)).mean()) if len(x) else None
+        for c, x in images_by_class.items()
+    }
+    known = [v for v in per_class.values() if v is not None]
+    return {
+        "per_class": per_class,
+        "mean": float(np.mean(known)) if known else None,
+        "chance": 1.0 / len(judge_classes),
+        "images": {c: len(x) for c, x in images_by_class.items()},
+    }
+
+
 def measure_generator(
     model_dir: str | Path,
     guidances: Sequence[float] = (3.0,),

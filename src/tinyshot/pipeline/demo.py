@@ -185,6 +185,7 @@ def format_table(
     fd: dict[str, Any] | None = None,
     paired: list[dict] | None = None,
     headroom: dict[str, Any] | None = None,
+    judged: dict[str, Any] | None = None,
 ) -> str:
     lines = [f"{'method':<48} {'accuracy (%)':>20} {'episodes':>9}"]
     for m, s in summary.items():
@@ -208,6 +209,15 @@ def format_table(
         for d in paired:
             hw = "n/a" if d["half_width"] is None else f"{100 * d['half_width']:.2f}"
             lines.append(f"  tint - {d['b']:<14} {100 * d['mean_difference']:+7.2f} +- {hw:>5}")
+    if judged:
+        lines.append("")
+        lines.append(
+            "synthetic images judged to be of their class (Conv4 judge trained on the real "
+            "train split, 10-way, chance 10%)"
+        )
+        for g, j in judged["per_generator"].items():
+            vals = " ".join(f"{100 * v:5.1f}" for v in j["per_class"].values() if v is not None)
+            lines.append(f"  {g:<10} mean {100 * (j['mean'] or 0):5.1f}%  per class: {vals}")
     if fd:
         lines.append("")
         lines.append(f"Frechet distance to real test images ({fd['metric']}, lower is better)")
@@ -273,6 +283,42 @@ def frechet_per_class(
         "per_generator": per,
         "mean": {g: sum(v.values()) / len(v) for g, v in per.items()},
     }
+    write_json(cache, res)
+    return res
+
+
+def judged_synthetic(
+    out: Path,
+    episode_dir: Path,
+    class_names: list[str],
+    generators: list[str],
+    pipeline: PipelineConfig | None = None,
+) -> dict[str, Any] | None:
+    """Per generator: the share of its images the shipped Fashion-MNIST judge (a Conv4 trained on
+    the real train split, evaluation.fidelity) labels as their class; None without a judge."""
+    from tinyshot.data.transforms import crop_generator_frame
+    from tinyshot.diffusion.store import ImageStore
+    from tinyshot.evaluation.fidelity import judge_path, judged_share, load_judge
+
+    cache = out / "judged.json"
+    if cache.is_file():
+        return read_json(cache)
+    if not judge_path("fashion-mnist").is_file():
+        return None
+    judge, info = load_judge("fashion-mnist")
+    prep = generator_prep(pipeline or PipelineConfig())
+    per = {}
+    for g in generators:
+        store = ImageStore(episode_dir / "synthetic" / g)
+        per[g] = judged_share(
+            judge,
+            info["class_names"],
+            {
+                n: crop_generator_frame(store.load_tensor(c)[0], prep)
+                for c, n in enumerate(class_names)
+            },
+        )
+    res = {"judge": {k: info.get(k) for k in ("arch", "test_accuracy")}, "per_generator": per}
     write_json(cache, res)
     return res
 
@@ -350,6 +396,13 @@ def _run_demo(out: Path, config: DemoConfig, world: World) -> dict[str, Any]:
             config.fd_images,
             config.pipeline,
         )
+    judged = (
+        judged_synthetic(
+            out, out / "episodes" / "0000", episodes[0].classes, generators, config.pipeline
+        )
+        if generators
+        else None
+    )
     from tinyshot.evaluation.health import combine_episodes, teacher_headroom
 
     headroom = teacher_headroom({m: s["mean"] for m, s in summary.items()})
@@ -384,6 +437,7 @@ def _run_demo(out: Path, config: DemoConfig, world: World) -> dict[str, Any]:
         "paired": paired,
         "per_episode": per_episode,
         "frechet": fd,
+        "judged": judged,
         "health": health,
         "teacher_headroom": headroom,
         "wall_seconds": StageTimes(out).get(DEMO_TIME_KEY, running_since=t_start),
@@ -391,7 +445,7 @@ def _run_demo(out: Path, config: DemoConfig, world: World) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),  # results are identical for the same count
     }
     write_json(out / "results.json", results)
-    table = format_table(summary, fd, paired, headroom)
+    table = format_table(summary, fd, paired, headroom, judged)
     (out / "summary.txt").write_text(table + "\n")
     build_demo_report(out, results, episodes, support_ds, query_ds, config)
     print(table)

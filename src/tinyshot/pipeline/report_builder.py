@@ -242,6 +242,23 @@ def build_demo_report(
                 for g, per in fd["per_generator"].items()
             ],
         )
+    judged = results.get("judged")
+    if judged:
+        names = list(next(iter(judged["per_generator"].values()))["per_class"])
+        report.paragraph(
+            "Class fidelity of the synthetic images: the share of episode 1's images that a "
+            "judge (Conv4 trained on the real train split, 10-way, chance 10%) labels as their "
+            "class. Independent of the teacher, which labels them for the students.",
+            note=True,
+        )
+        report.table(
+            ["generator", "mean %", *names],
+            [
+                [g, f"{100 * (j['mean'] or 0):.1f}"]
+                + [("n/a" if v is None else f"{100 * v:.0f}") for v in j["per_class"].values()]
+                for g, j in judged["per_generator"].items()
+            ],
+        )
     ep_dir = out / "episodes" / "0000"
     generators = [g for g in GENERATORS if g in pipe.methods]
     students = [m for m in pipe.methods if m != "teacher"]
