@@ -311,6 +311,10 @@ def test_shipped_concept_known_generator():
     models = load_generator(d)
     info = models[-1]
     assert info["recipe"] == "fashion-mnist-known" and len(info["class_captions"]) == 10
+    # two phases: 1700 plain steps, then 1500 with offset noise from those weights
+    assert info["train"]["init_from_train"]["steps_done"] == 1700
+    assert info["train"]["config"]["offset_noise"] == 0.1
+    assert info["train"]["steps_done"] == 1500
     train = load_fashion_mnist("train")
     pool = heldout_pool(train.labels)
     assert info["data"]["heldout_pool"]["sha256_16"] == pool_checksum(pool)
