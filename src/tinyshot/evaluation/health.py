@@ -115,6 +115,14 @@ def teacher_headroom(accuracy: dict[str, float]) -> dict[str, Any] | None:
     return out
 
 
+def headroom_line(headroom: dict[str, Any]) -> str:
+    """The one-line summary a run prints (demo table, benchmark summary)."""
+    return (
+        f"teacher headroom over the best student ({headroom['best_student']}): "
+        f"{100 * headroom['headroom']:+.2f} points"
+    )
+
+
 class HealthError(TinyshotError):
     """`fit --strict`: a class's synthetic data failed the health checks; nothing distilled."""
 

@@ -194,9 +194,10 @@ def format_table(
             f"{METHOD_LABELS.get(m, m):<48} {100 * s['mean']:>12.2f} +- {ci:>5} {s['episodes']:>9}"
         )
     if headroom:
+        from tinyshot.evaluation.health import headroom_line
+
         lines.append(
-            f"teacher headroom over the best student ({headroom['best_student']}): "
-            f"{100 * headroom['headroom']:+.2f} points"
+            headroom_line(headroom)
             + (
                 ""
                 if headroom["status"] == "ok"

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tinyshot.evaluation.health import teacher_headroom
+from tinyshot.evaluation.health import headroom_line, teacher_headroom
 from tinyshot.pipeline.benchmark.statistics import method_statistics, paired_differences
 from tinyshot.pipeline.benchmark.store import RESULTS_FORMAT, VERSION
 from tinyshot.utils.io import read_json, write_json
@@ -130,9 +130,7 @@ class BenchmarkResult:
                 )
         if (hr := self.teacher_headroom) is not None:
             console.print(
-                f"teacher headroom over the best student ({hr['best_student']}): "
-                f"{100 * hr['headroom']:+.2f} points"
-                + (f". WARNING: {hr['warning']}" if hr["warning"] else "")
+                headroom_line(hr) + (f". WARNING: {hr['warning']}" if hr["warning"] else "")
             )
         for f in self.failures:
             console.print(f"episode {f['index']} failed: {f['error_type']}: {f['message']}")
