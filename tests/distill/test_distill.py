@@ -151,6 +151,9 @@ def test_distillation_learns_small_problem(problem, tmp_path):
     # lr milestone at half the iterations
     assert curve[-1]["lr"] == pytest.approx(0.005) and curve[1]["lr"] == pytest.approx(0.05)
 
+    # trained in the channels-last layout, handed back in the default one
+    assert all(p.is_contiguous() for p in student.parameters())
+
 
 def test_teacher_soft_labels_alone_teach_the_student(problem, tmp_path):
     """No support images: only KL to the teacher on synthetic images (the paper's plot e)."""
@@ -226,7 +229,9 @@ def test_synthetic_generator_labels_use_cross_entropy(problem, tmp_path):
 
 
 def test_first_loss_matches_manual_computation(problem, tmp_path):
-    """One iteration with augmentation off: the logged loss is CE(support) + T^2 KL(base) + T^2 KL(syn)."""
+    """One iteration with augmentation off: the logged loss is CE(support) + T^2 KL(base) + T^2 KL(syn).
+
+    The reference student runs in the default memory layout, training in channels-last."""
     cfg = _cfg(iterations=1, augment=False, kd_temperature=2.0, eval_every=1, batch_size=9)
     student = _student()
     ref = _student()

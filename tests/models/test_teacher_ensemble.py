@@ -170,3 +170,96 @@ def test_pipeline_teacher_accepts_an_ensemble_spec():
     # explicit member sizes win over teacher_input_size
     assert [m.input_size for m in teacher.backbone.members] == [16, 24]
     assert teacher.predict_proba(support.float() / 255).shape == (4, 2)
+
+
+def _student_checkpoint(tmp_path, input_size: int = 24):
+    from tinyshot.models.students import build_student, save_student
+
+    torch.manual_seed(3)
+    student = build_student("conv4", num_classes=4, input_size=input_size).eval()
+    for m in student.modules():  # non-trivial batch-norm statistics, to see they are used
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    return student, save_student(student, tmp_path / "pretrained.pt")
+
+
+def test_student_member_is_the_students_frozen_backbone(tmp_path):
+    student, path = _student_checkpoint(tmp_path)
+    member = build_backbone(f"student:{path}")
+    assert member.input_size == 24 and member.feature_dim == student.feature_dim == 64 * 1 * 1
+    assert member.arch_id == "student-conv4"
+    assert not any(p.requires_grad for p in member.parameters())
+    member.train()  # frozen: eval-mode batch norm even inside a training teacher
+    x = torch.rand(5, 3, 24, 24, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(member(x), student.features(x))
+    # in an ensemble at the teacher's input size 96 it keeps the student's own size
+    ens = build_backbone(f"efficientnet-lite0+student:{path};power=0.5", input_size=96)
+    assert [m.input_size for m in ens.members] == [96, 24]
+
+
+@pytest.mark.parametrize("side", [20, 28, 64])
+def test_student_member_resizes_like_the_students_own_images(tmp_path, side):
+    """Its input is the student's view of the image (PIL bicubic) to within 0.5/255 on average
+    (on real Fashion-MNIST images 28 -> 32 px: 0.20/255); torch's plain bilinear resize, the
+    other backbones' one, is several times further off (there: 2.44/255)."""
+    import numpy as np
+    from PIL import Image
+
+    from tinyshot.data.transforms import images_to_tensor
+
+    _, path = _student_checkpoint(tmp_path)
+    member = build_backbone(f"student:{path}")
+    rng = np.random.default_rng(side)
+    small = (rng.random((12, 12, 3)) * 255).astype(np.uint8)
+    im = Image.fromarray(small).resize((side, side), Image.Resampling.BICUBIC)
+    x = torch.from_numpy(np.array(im)).permute(2, 0, 1)[None].float() / 255
+    want = images_to_tensor([im], 24)
+    got = member.prepare(x)
+    err = float((got - want).abs().mean())
+    assert err <= 0.5 / 255
+    plain = torch.nn.functional.interpolate(x, size=(24, 24), mode="bilinear")
+    assert float((plain - want).abs().mean()) > 3 * err
+
+
+def test_student_member_is_bound_by_the_pipeline_or_left_out_with_a_warning(tmp_path):
+    from tinyshot.models.ensemble import uses_student, with_student
+
+    spec = ENSEMBLES["effnet-lite-student"]
+    assert uses_student("effnet-lite-student") and uses_student("student")
+    assert not uses_student("effnet-lite-ensemble") and not uses_student("student:x.pt")
+    bound, warning = with_student("effnet-lite-student", tmp_path / "s.pt")
+    assert warning is None
+    assert (
+        bound
+        == f"student:{tmp_path / 's.pt'}+efficientnet-lite0@96+efficientnet-lite1@96;power=0.5"
+    )
+    assert spec.startswith("student+")
+    left, warning = with_student("student+conv4@16;power=0.5", None)
+    assert left == "conv4@16;power=0.5" and "left out" in warning
+    assert with_student("conv4", None) == ("conv4", None)
+    with pytest.raises(ConfigError, match="pretrained student"):
+        with_student("student", None)
+    with pytest.raises(ConfigError, match=r"student:<path\.pt>"):
+        build_backbone("student")
+    with pytest.raises(Exception, match="not found"):
+        build_backbone(f"student:{tmp_path / 'missing.pt'}")
+
+
+def test_pipeline_teacher_uses_the_runs_pretrained_student(tmp_path, caplog):
+    from tinyshot.pipeline.episode import EpisodeData, PipelineConfig, build_episode_teacher
+
+    student, path = _student_checkpoint(tmp_path, input_size=16)
+    g = torch.Generator().manual_seed(2)
+    support = (torch.rand(4, 3, 16, 16, generator=g) * 255).to(torch.uint8)
+    data = EpisodeData(["a", "b"], [[], []], support, torch.tensor([0, 0, 1, 1]))
+    config = PipelineConfig(teacher="student+conv4@16;power=0.5", teacher_input_size=96)
+    teacher = build_episode_teacher(data, config, path)
+    first = teacher.backbone.members[0]
+    assert first.arch_id == "student-conv4" and first.input_size == 16
+    x = support.float() / 255
+    torch.testing.assert_close(teacher.backbone.member_features(0, x), student.features(x))
+    with caplog.at_level("WARNING"):
+        alone = build_episode_teacher(data, config, None)
+    assert [m.arch_id for m in alone.backbone.members] == ["conv4"]
+    assert "left out" in caplog.text

@@ -271,21 +271,27 @@ def distill(
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with log_to(run_dir):
-        return _distill(
-            student,
-            support,
-            base,
-            synthetic,
-            config,
-            run_dir,
-            val,
-            device,
-            resume,
-            stop_after,
-            on_step,
-            val_name,
-        )
+    # Channels-last convolutions: a Conv4 step at 32 px (batch 150, 2 CPU threads) takes 0.33 s
+    # instead of 0.40 s (docs/pipeline.md); the student goes back to the default layout after.
+    student.to(memory_format=torch.channels_last)
+    try:
+        with log_to(run_dir):
+            return _distill(
+                student,
+                support,
+                base,
+                synthetic,
+                config,
+                run_dir,
+                val,
+                device,
+                resume,
+                stop_after,
+                on_step,
+                val_name,
+            )
+    finally:
+        student.to(memory_format=torch.contiguous_format)
 
 
 def _distill(
@@ -450,6 +456,7 @@ def _distill(
         x = torch.cat(xs).to(dev).float().div_(255.0)
         if config.augment:
             x = augment_batch(x, g_aug, color_jitter=config.color_jitter)
+        x = x.contiguous(memory_format=torch.channels_last)
         logits = student(x).split(per)
         parts = []
         for s, z, y in zip(sources, logits, targets):

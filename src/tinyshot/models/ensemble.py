@@ -29,11 +29,17 @@ from tinyshot.errors import ConfigError
 from tinyshot.models.feature_backbone import FeatureBackbone
 from tinyshot.models.feature_cache import FeatureCache, backbone_key, default_feature_cache_root
 
-# Named ensembles, chosen on train-split episodes (docs/models.md): the best of 254 candidates
-# (90.4% vs 85.6% for Lite0 at 96 px), and a cheaper one at half its cost (89.7%).
+# The member that stands for the run's base-class pretrained student (`with_student`).
+STUDENT_MEMBER = "student"
+
+# Named ensembles, chosen on train-split episodes (docs/models.md): the best of 254 ImageNet
+# candidates (90.4% vs 85.6% for Lite0 at 96 px), a cheaper one at half its cost (89.7%), and
+# the pipeline's default: two cheap ImageNet members plus the in-domain pretrained student
+# (90.6% vs 87.1% for Lite0 at 96 px on 18 episodes, at 1/7 of the first one's cost).
 ENSEMBLES = {
     "effnet-lite-ensemble": "efficientnet-lite0@224+efficientnet-lite1@240;power=0.5",
     "effnet-lite-fast": "efficientnet-lite0@224+efficientnet-lite1@96;power=0.5",
+    "effnet-lite-student": "student+efficientnet-lite0@96+efficientnet-lite1@96;power=0.5",
 }
 
 
@@ -72,6 +78,46 @@ def parse_ensemble_spec(spec: str) -> tuple[list[tuple[str, int | None]], dict[s
             raise ConfigError(f"teacher ensemble {spec!r}: power must be in (0, 1], got {p}")
         options["power"] = p
     return members, options
+
+
+def uses_student(spec: str) -> bool:
+    """Whether a teacher spec has the bare `student` member the pipeline must resolve."""
+    if not is_ensemble_spec(spec):
+        return spec.strip().lower() == STUDENT_MEMBER
+    return any(name.lower() == STUDENT_MEMBER for name, _ in parse_ensemble_spec(spec)[0])
+
+
+def with_student(spec: str, checkpoint: str | Path | None) -> tuple[str, str | None]:
+    """(spec with the bare `student` member bound to `checkpoint`, warning or None).
+
+    Without a checkpoint (no base dataset, pretraining off) the member is left out and the
+    warning says so; a teacher made of nothing else is a ConfigError.
+    """
+    if not uses_student(spec):
+        return spec, None
+    members, options = parse_ensemble_spec(spec)
+    kept = []
+    for name, size in members:
+        if name.lower() == STUDENT_MEMBER:
+            if checkpoint is None:
+                continue
+            name = f"{STUDENT_MEMBER}:{checkpoint}"
+        kept.append(name if size is None else f"{name}@{size}")
+    if not kept:
+        raise ConfigError(
+            f"teacher {spec!r} needs the base-class pretrained student, and this run has none "
+            "(no base dataset, or pretrain_student is off); choose another --teacher"
+        )
+    opts = ";".join(f"{k}={v:g}" for k, v in options.items())
+    resolved = "+".join(kept) + (f";{opts}" if opts else "")
+    warning = None
+    if checkpoint is None:
+        warning = (
+            f"teacher {spec!r}: its 'student' member (the base-class pretrained student) is left "
+            "out: this run has no base dataset or no student pretraining; the teacher is "
+            f"{resolved!r}"
+        )
+    return resolved, warning
 
 
 class EnsembleBackbone(FeatureBackbone):

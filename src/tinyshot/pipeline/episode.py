@@ -85,7 +85,8 @@ class PipelineConfig:
     alpha: float = 1.0
     generation_batch_size: int = 100
     # Teacher: ProtoNet on this backbone; optional meta-trained checkpoint.
-    teacher: str = "efficientnet-lite0"
+    # Two cheap ImageNet backbones plus the base-pretrained student (models.ensemble.ENSEMBLES).
+    teacher: str = "effnet-lite-student"
     teacher_input_size: int | None = 96
     teacher_checkpoint: str | None = None
     kd_temperature: float = 1.0
@@ -338,15 +339,24 @@ def specialize_and_generate(
     return stores
 
 
-def build_episode_teacher(data: EpisodeData, config: PipelineConfig):
+def build_episode_teacher(
+    data: EpisodeData, config: PipelineConfig, pretrained_student: Path | None = None
+):
+    """The configured teacher with its supports set; a `student` member of its spec is the
+    run's base-class pretrained student (`pretrained_student`), left out with a warning when
+    the run has none."""
+    from tinyshot.models.ensemble import with_student
     from tinyshot.models.teacher import build_teacher
 
+    spec, warning = with_student(config.teacher, pretrained_student)
+    if warning:
+        log.warning("%s", warning)
     kw: dict[str, Any] = {}
     if config.teacher_input_size:
         kw["input_size"] = config.teacher_input_size
     with torch.random.fork_rng(devices=[]):  # a randomly initialised part is seeded too
         torch.manual_seed(derive_seed("teacher", config.teacher) % 2**63)
-        teacher = build_teacher(config.teacher, checkpoint=config.teacher_checkpoint, **kw)
+        teacher = build_teacher(spec, checkpoint=config.teacher_checkpoint, **kw)
     teacher.eval().to(resolve_device(None if config.device == "auto" else config.device))
     support = data.teacher_support if data.teacher_support is not None else data.support
     teacher.set_support(support.float() / 255.0, data.support_labels)
@@ -521,8 +531,14 @@ def run_pipeline_episode(
     prep = generator_prep(config)
     synthetic = {g: student_synthetic(x, prep, config.image_size) for g, x in raw.items()}
 
+    from tinyshot.models.ensemble import uses_student
+
+    needs_student = uses_student(config.teacher) or any(
+        m in STUDENT_METHODS for m in config.methods
+    )
+    pretrained = pretrained_student_path(base_ds, config) if needs_student else None
     t0 = time.perf_counter()
-    teacher = build_episode_teacher(data, config)
+    teacher = build_episode_teacher(data, config, pretrained)
     tsize = teacher.input_size
     labels: dict[str, torch.Tensor] = {}
     if data.base is not None:
@@ -541,11 +557,6 @@ def run_pipeline_episode(
     StageTimes(work).add("teacher_and_labels_s", teacher_s)
     del teacher
 
-    pretrained = (
-        pretrained_student_path(base_ds, config)
-        if any(m in STUDENT_METHODS for m in config.methods)
-        else None
-    )
     val = _val_subset(data, config.val_queries_per_class, seed)
     for method in config.methods:
         if method == "teacher":

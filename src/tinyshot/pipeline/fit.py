@@ -202,8 +202,9 @@ def _fit_stages(
     prep = generator_prep(config)
     synthetic = {g: student_synthetic(x, prep, config.image_size) for g, x in raw.items()}
 
+    pretrained = pretrained_student_path(base_ds, config)
     t0 = time.perf_counter()
-    teacher = build_episode_teacher(data, config)
+    teacher = build_episode_teacher(data, config, pretrained)
     teacher_size = int(teacher.input_size)
     labels: dict[str, torch.Tensor] = {}
     if data.base is not None:
@@ -231,7 +232,6 @@ def _fit_stages(
         _stop_unhealthy(health, out)
 
     with times.stage("distill_s"):
-        pretrained = pretrained_student_path(base_ds, config)
         student, result = distill_student(
             method, data, labels, synthetic, pretrained, config, out / "student", seed, val,
             val_name=VAL_NAME,
