@@ -177,7 +177,8 @@ def test_fit_without_base_says_it_used_none_and_name_uses_folder_names(novel, tm
         "generator": str(gen),
         "specialize": {"num_inference_steps": 2},
         "synthetic_per_class": 5,
-        "teacher": "conv4",
+        # the default teacher's form: without a base dataset the student member is left out
+        "teacher": "student+conv4;power=0.5",
         "teacher_input_size": 24,
         "image_size": 16,
         "distill": {"iterations": 4, "batch_size": 8, "eval_every": 2, "checkpoint_every": 2},
@@ -191,6 +192,11 @@ def test_fit_without_base_says_it_used_none_and_name_uses_folder_names(novel, tm
     inputs = json.loads((run / "fit.json").read_text())["inputs"]
     assert inputs["student"] == {"input_size": 16, "base_pretrained": False, "base_images": 0}
     assert inputs["teacher"]["input_size"] == 24
+    assert inputs["teacher"]["backbone"] == "ensemble(conv4@24;power=0.5)"
+    assert (
+        "'student' member (the base-class pretrained student) is left out"
+        in (run / "log.txt").read_text()
+    )
     assert inputs["generator"]["image_prep"]["mode"] == "resize"
     html = (run / "report.html").read_text()
     assert "without base-class pretraining and 0 base images" in html

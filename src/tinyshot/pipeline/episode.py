@@ -552,7 +552,8 @@ def run_pipeline_episode(
     if "teacher" in config.methods:
         tq = data.teacher_query if data.teacher_query is not None else data.query
         acc = teacher_accuracy(teacher, tq, data.query_labels)
-        results["teacher"] = {"accuracy": acc, "queries": n_query}
+        backbone = teacher.backbone.arch_id  # the spec as resolved (student member or not)
+        results["teacher"] = {"accuracy": acc, "queries": n_query, "backbone": backbone}
     teacher_s = time.perf_counter() - t0
     StageTimes(work).add("teacher_and_labels_s", teacher_s)
     del teacher

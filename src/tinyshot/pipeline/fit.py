@@ -206,6 +206,7 @@ def _fit_stages(
     t0 = time.perf_counter()
     teacher = build_episode_teacher(data, config, pretrained)
     teacher_size = int(teacher.input_size)
+    teacher_backbone = teacher.backbone.arch_id  # what the spec resolved to (student member?)
     labels: dict[str, torch.Tensor] = {}
     if data.base is not None:
         labels["base"] = pseudo_label(
@@ -261,6 +262,7 @@ def _fit_stages(
         # What each model was actually given (issue 14: the report must say what was used).
         "inputs": {
             "teacher": {
+                "backbone": teacher_backbone,
                 "input_size": teacher_size,
                 "images": "originals (resized only when sizes differ or exceed the input size)",
             },
