@@ -180,17 +180,13 @@ class StudentBackbone(FeatureBackbone):
         self.name = f"student:{path}"
         self.arch_id = f"student-{student.arch}"
 
-    def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ConfigError(f"backbone expects (B,3,H,W) images, got shape {tuple(x.shape)}")
+    def resize(self, x: torch.Tensor) -> torch.Tensor:
         size = (self.input_size, self.input_size)
-        if x.shape[-2:] != size:
-            x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
-            x = x.clamp(0.0, 1.0)
-        return x.mean(1, keepdim=True) if self.in_channels == 1 else x
+        x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
+        return x.clamp(0.0, 1.0)
 
     def extract(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.net(x.mean(1, keepdim=True) if self.in_channels == 1 else x)
 
     def train(self, mode: bool = True) -> StudentBackbone:
         super().train(mode)

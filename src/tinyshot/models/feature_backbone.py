@@ -35,10 +35,13 @@ class FeatureBackbone(nn.Module):
         if x.ndim != 4 or x.shape[1] != 3:
             raise ConfigError(f"backbone expects (B,3,H,W) images, got shape {tuple(x.shape)}")
         if x.shape[-2:] != (self.input_size, self.input_size):
-            x = F.interpolate(
-                x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False
-            )
+            x = self.resize(x)
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    def resize(self, x: torch.Tensor) -> torch.Tensor:
+        """To input_size x input_size; a backbone trained on another resize overrides it."""
+        size = (self.input_size, self.input_size)
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
     def extract(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
