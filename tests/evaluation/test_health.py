@@ -263,3 +263,24 @@ def test_teacher_headroom_warns_below_three_points():
     assert ok["headroom"] == pytest.approx(0.032)
     assert teacher_headroom({"support": 0.8}) is None
     assert teacher_headroom({"teacher": 0.8}) is None
+
+
+def test_run_notes_lead_the_warnings_and_are_not_logged_twice(caplog):
+    """A note (a teacher member left out) is a warning of the report, before the checks' own;
+    it was logged where it arose, so log_warnings logs only the checks' problems."""
+    import logging
+
+    sick = judge(ClassHealth("tint", 1, "dog", 5, 200, agreement=0.40, intended_prob=0.3))
+    note = "teacher 'student+conv4': its 'student' member ... is left out"
+    names = ["cat", "dog", "elk", "fox", "gnu"]
+    r = HealthReport(ways=5, class_names=names, sources=["support"], classes=[sick])
+    r.notes = [note]
+    assert r.warnings() == [note, *sick.problems] and len(sick.problems) == 1
+    assert r.to_dict()["warnings"][0] == note
+    assert "Health: 2 warning(s)" in banner_html(r.to_dict()) and "is left out" in banner_html(
+        r.to_dict()
+    )
+    with caplog.at_level(logging.WARNING):
+        r.log_warnings(logging.getLogger("test-health"))
+    logged = [rec.getMessage() for rec in caplog.records if rec.levelno == logging.WARNING]
+    assert logged == [f"health: {sick.problems[0]}"]

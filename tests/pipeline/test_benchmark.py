@@ -339,3 +339,42 @@ def test_parse_methods(tmp_path):
         parse_methods(["a", "a"])
     with pytest.raises(ConfigError, match="not found"):
         parse_methods(["a=missing.json"])
+
+
+def test_only_runs_a_shard_and_shards_merge(episodes_file, sequential, tmp_path):
+    """Two shards (--only) in two folders, their episode records copied into one folder, give
+    the run that did every episode in one go: same seeds, same accuracies, same statistics."""
+    kw = {"episode_fn": BASELINE_FN, "use_ray": False, "seed": 3}
+    a = bm.run_benchmark(episodes_file, METHODS, tmp_path / "a", only=[0, 2], **kw)
+    assert [e["index"] for e in a.per_episode] == [0, 2] and not a.complete and a.total == 4
+    assert sorted(p.name for p in (tmp_path / "a" / "episodes").iterdir()) == ["0.json", "2.json"]
+    args = ["benchmark", "--episodes", str(episodes_file), "--episode-fn", BASELINE_FN]
+    args += ["--no-ray", "--seed", "3", "--out", str(tmp_path / "b"), "--only", "1,3"]
+    for m, cfg in METHODS.items():
+        args += ["--method", f"{m}={json.dumps(cfg)}"]
+    assert main(args) == 0
+    merged = tmp_path / "merged" / "episodes"
+    merged.mkdir(parents=True)
+    for shard in ("a", "b"):
+        for p in (tmp_path / shard / "episodes").iterdir():
+            (merged / p.name).write_bytes(p.read_bytes())
+    r = bm.run_benchmark(episodes_file, METHODS, tmp_path / "merged", **kw)
+    assert not (tmp_path / "merged" / "work").exists()  # nothing recomputed
+    assert r.complete
+    assert _figures(r) == _figures(sequential) and r.summary == sequential.summary
+    assert r.paired == sequential.paired
+
+
+def test_only_rejects_bad_indices(episodes_file, tmp_path):
+    from tinyshot.pipeline.benchmark.runners import format_indices, parse_indices
+
+    assert parse_indices("6-9") == [6, 7, 8, 9]
+    assert parse_indices("0, 3,5-7,3") == [0, 3, 5, 6, 7]
+    assert format_indices([7, 0, 3, 5, 6]) == "0,3,5-7"
+    for bad in ("a", "3-1", "-2", "1-x"):
+        with pytest.raises(ConfigError, match="--only"):
+            parse_indices(bad)
+    with pytest.raises(ConfigError, match=r"--only: episode indices \[4\] are not in 0-3"):
+        bm.run_benchmark(
+            episodes_file, METHODS, tmp_path, episode_fn=BASELINE_FN, use_ray=False, only=[1, 4]
+        )

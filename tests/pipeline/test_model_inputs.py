@@ -193,13 +193,14 @@ def test_fit_without_base_says_it_used_none_and_name_uses_folder_names(novel, tm
     assert inputs["student"] == {"input_size": 16, "base_pretrained": False, "base_images": 0}
     assert inputs["teacher"]["input_size"] == 24
     assert inputs["teacher"]["backbone"] == "ensemble(conv4@24;power=0.5)"
-    assert (
-        "'student' member (the base-class pretrained student) is left out"
-        in (run / "log.txt").read_text()
-    )
+    left_out = "'student' member (the base-class pretrained student) is left out"
+    assert (run / "log.txt").read_text().count(left_out) == 1  # logged once, where it arose
+    health = json.loads((run / "health.json").read_text())
+    assert left_out in health["warnings"][0]  # and the report leads with it
     assert inputs["generator"]["image_prep"]["mode"] == "resize"
     html = (run / "report.html").read_text()
     assert "without base-class pretraining and 0 base images" in html
+    assert "is left out: this run has no base dataset" in html
     assert "pretrain_student&quot;: true" not in html and '"pretrain_student": true' not in html
     store = ImageStore(run / "synthetic" / "name")
     assert store.settings["prompts"] == ["a photo of a ankle boot", "a photo of a sandal"]

@@ -400,16 +400,23 @@ class HealthReport:
     sources: list[str]  # what the student learned from: support, base, synthetic:<generator>
     classes: list[ClassHealth] = field(default_factory=list)
     real: dict[str, Any] = field(default_factory=dict)
+    # Run-level warnings from outside the health checks (a teacher member left out), logged
+    # where they arose: the report carries them with the rest.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> list[ClassHealth]:
         return [h for h in self.classes if h.status == "fail"]
 
-    def warnings(self) -> list[str]:
+    def problems(self) -> list[str]:
+        """The health checks' own warnings, each once."""
         seen: list[str] = []
         for h in self.classes:
             seen.extend(p for p in h.problems if p not in seen)
         return seen
+
+    def warnings(self) -> list[str]:
+        return [*self.notes, *self.problems()]
 
     def generator_summary(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
@@ -439,7 +446,7 @@ class HealthReport:
         }
 
     def log_warnings(self, logger: Any = log) -> None:
-        for w in self.warnings():
+        for w in self.problems():  # the notes were logged where they arose
             logger.warning("health: %s", w)
         for g, s in self.generator_summary().items():
             if s["agreement"] is not None:
@@ -482,8 +489,10 @@ def assess(
     synthetic: dict[str, torch.Tensor],
     spec_dir: str | Path | None,
     sources: list[str],
+    notes: Sequence[str] = (),
 ) -> HealthReport:
-    """All figures for the generators in `soft_labels` (teacher already holds the supports).
+    """All figures for the generators in `soft_labels` (teacher already holds the supports);
+    notes are run-level warnings the report leads with.
 
     Costs one teacher feature pass over the supports and over at most DISTANCE_MAX_PER_CLASS
     synthetic images per class and generator; everything else is read from what exists.
@@ -492,7 +501,9 @@ def assess(
     sup_f = teacher_features(teacher, support)
     sup_y = support_labels.long().view(-1)
     correct, total = loo_protonet_accuracy(sup_f, sup_y, ways)
-    report = HealthReport(ways=ways, class_names=list(class_names), sources=list(sources))
+    report = HealthReport(
+        ways=ways, class_names=list(class_names), sources=list(sources), notes=list(notes)
+    )
     report.real["teacher_loo"] = {
         "accuracy": correct / total if total else None,
         "correct": correct,

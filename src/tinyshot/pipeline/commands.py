@@ -253,6 +253,13 @@ def _register_benchmark(sub: argparse._SubParsersAction) -> None:
         help="pipeline settings for every method, under each method's own config: "
         + PRESET_HELP.split(": ", 1)[1],
     )
+    r.add_argument(
+        "--only",
+        default=None,
+        metavar="INDICES",
+        help="run only these episodes, e.g. 6-9 or 0,3,5-7 (a shard: episodes keep their "
+        "index and seed; the results aggregate every finished episode in OUT)",
+    )
     r.add_argument("--no-check", action="store_true", help="skip checking item ids up front")
     s = p.add_argument_group("statistics")
     s.add_argument(
@@ -325,6 +332,7 @@ def apply_preset(
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from tinyshot.data.commands import parse_options
     from tinyshot.pipeline.benchmark import prepare_episodes, run_benchmark
+    from tinyshot.pipeline.benchmark.runners import parse_indices
 
     methods = parse_methods(args.method)
     if args.preset:
@@ -378,6 +386,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         root=args.root,
         device=args.device,
         limit=limit,
+        only=None if args.only is None else parse_indices(args.only),
         check=not args.no_check,
         log_to_driver=bool(getattr(args, "verbose", False)),
     )

@@ -363,6 +363,15 @@ def build_episode_teacher(
     return teacher
 
 
+def teacher_notes(config: PipelineConfig, pretrained_student: Path | None) -> list[str]:
+    """Run-level warnings about the teacher as built (its `student` member left out), for the
+    health report and so report.html."""
+    from tinyshot.models.ensemble import with_student
+
+    warning = with_student(config.teacher, pretrained_student)[1]
+    return [warning] if warning else []
+
+
 def teacher_accuracy(teacher: Any, images: torch.Tensor, labels: torch.Tensor) -> float:
     """Teacher accuracy on uint8 images, in chunks (queries at the teacher's size are large)."""
     hits = 0
@@ -547,7 +556,8 @@ def run_pipeline_episode(
     teacher_seen = {g: teacher_synthetic(x, prep, tsize) for g, x in raw.items()}
     for g, tx in teacher_seen.items():
         labels[g] = pseudo_label(teacher, tx, work / "labels" / f"{g}.safetensors")
-    health = episode_health(teacher, data, labels, teacher_seen, gen, work, config)
+    notes = teacher_notes(config, pretrained)
+    health = episode_health(teacher, data, labels, teacher_seen, gen, work, config, notes)
     del raw, teacher_seen
     if "teacher" in config.methods:
         tq = data.teacher_query if data.teacher_query is not None else data.query
@@ -611,6 +621,7 @@ def episode_health(
     stores: dict[str, Any],
     work: Path,
     config: PipelineConfig,
+    notes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Synthetic-data health of an episode (evaluation.health): logged, written to health.json."""
     from tinyshot.evaluation.health import assess, intended_labels
@@ -626,6 +637,7 @@ def episode_health(
         synthetic=synthetic,
         spec_dir=work / "specialize" if (work / "specialize").is_dir() else None,
         sources=sources + [f"synthetic:{g}" for g in synthetic],
+        notes=notes,
     )
     report.log_warnings()
     out = report.to_dict()

@@ -19,6 +19,7 @@ where it stopped):
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from tinyshot.pipeline.episode import (
     sources_of,
     specialize_and_generate,
     student_synthetic,
+    teacher_notes,
     teacher_synthetic,
     teacher_view,
 )
@@ -225,7 +227,8 @@ def _fit_stages(
             hold, keep = perm[:n_hold], perm[n_hold:]
             val = (x[hold], labels[g][hold].argmax(1))
             synthetic[g], labels[g] = x[keep], labels[g][keep]
-    health = _fit_health(teacher, data, all_labels, gen, out, method, held)
+    notes = teacher_notes(config, pretrained)
+    health = _fit_health(teacher, data, all_labels, gen, out, method, held, notes)
     times.add("teacher_s", time.perf_counter() - t0)
     timings["teacher_s"] = times.get("teacher_s")
     del teacher
@@ -299,6 +302,7 @@ def _fit_health(
     out: Path,
     method: str,
     held: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None,
+    notes: Sequence[str] = (),
 ) -> Any:
     """Health figures of this fit (evaluation.health), logged and written to health.json."""
     from tinyshot.evaluation.health import assess, intended_labels
@@ -313,6 +317,7 @@ def _fit_health(
         synthetic={g: x for g, (x, _) in labelled.items()},
         spec_dir=out / "specialize" if (out / "specialize").is_dir() else None,
         sources=sources_of(method, data.base is not None),
+        notes=notes,
     )
     if held is not None:
         seen = held[2] if held[2] is not None else held[0]

@@ -33,6 +33,35 @@ from tinyshot.utils.seed import derive_seed
 log = get_logger("pipeline.benchmark")
 
 
+def parse_indices(spec: str) -> list[int]:
+    """`--only` values: "6-9", "0,3,5-7" -> sorted distinct indices."""
+    out: set[int] = set()
+    for part in spec.split(","):
+        lo, dash, hi = part.strip().partition("-")
+        try:
+            a = int(lo)
+            b = int(hi) if dash else a
+        except ValueError:
+            raise ConfigError(
+                f"--only {spec!r}: expected episode indices like 6-9 or 0,3,5-7"
+            ) from None
+        if a < 0 or b < a:
+            raise ConfigError(f"--only {spec!r}: {part.strip()!r} is not an index range")
+        out.update(range(a, b + 1))
+    return sorted(out)
+
+
+def format_indices(indices: Sequence[int]) -> str:
+    """The inverse of `parse_indices`: [0, 3, 5, 6, 7] -> "0,3,5-7"."""
+    runs: list[list[int]] = []
+    for i in sorted(set(indices)):
+        if runs and runs[-1][1] == i - 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
 def _sequential(
     tasks: Sequence[EpisodeTask], episode_fn: str
 ) -> Iterator[tuple[EpisodeTask, dict[str, Any]]]:
@@ -58,6 +87,7 @@ def run_benchmark(
     root: str | Path | None = None,
     device: str = "auto",
     limit: int | None = None,
+    only: Sequence[int] | None = None,
     check: bool = True,
     log_to_driver: bool = False,
 ) -> BenchmarkResult:
@@ -68,7 +98,9 @@ def run_benchmark(
     module DEFAULT_METHODS). use_ray None: Ray when importable and more than one worker (or
     an address) is asked for. num_workers None: what fits on this machine locally, and no
     cap on a cluster. root overrides the dataset root stored in the episode file; limit runs
-    the first episodes only; check verifies every item id against the datasets first.
+    the first episodes only; only runs just these episode indices (a shard: each episode keeps
+    its index and seed, so shards' episodes/<i>.json copied into one folder make one run);
+    check verifies every item id against the datasets first.
     """
     from tinyshot.data.episode_io import read_episodes
 
@@ -85,6 +117,14 @@ def run_benchmark(
         if limit < 1:
             raise ConfigError(f"--episodes must be >= 1, got {limit}")
         eps = eps[:limit]
+    if only is not None:
+        only = sorted(set(only))
+        outside = [i for i in only if not 0 <= i < len(eps)]
+        if not only or outside:
+            raise ConfigError(
+                f"--only: episode indices {outside or 'none'} are not in 0-{len(eps) - 1} "
+                f"(the run has {len(eps)} episode(s))"
+            )
     meta = _jsonable(meta)
     if root is not None:
         meta["dataset"] = {**(meta.get("dataset") or {}), "root": str(root)}
@@ -138,6 +178,7 @@ def run_benchmark(
             target_halfwidth=target_halfwidth,
             confidence=confidence,
             device=device,
+            only=only,
             check=check,
             log_to_driver=log_to_driver,
         )
@@ -161,6 +202,7 @@ def _run(
     target_halfwidth: float | None,
     confidence: float,
     device: str,
+    only: Sequence[int] | None,
     check: bool,
     log_to_driver: bool,
 ) -> BenchmarkResult:
@@ -187,13 +229,14 @@ def _run(
         for i, ep in enumerate(eps)
     ]
     done = _load_finished(out_dir, tasks)
-    todo = [t for t in tasks if t.index not in done]
+    todo = [t for t in tasks if t.index not in done and (only is None or t.index in only)]
     log.info(
-        "%s: %d episode(s), %d already finished, %d to run (%s, episode function %s)",
+        "%s: %d episode(s), %d already finished, %d to run%s (%s, episode function %s)",
         out_dir,
         len(tasks),
         len(done),
         len(todo),
+        "" if only is None else f" (--only {format_indices(only)})",
         "Ray" if use_ray and todo else "sequential",
         episode_fn,
     )
