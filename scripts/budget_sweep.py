@@ -212,8 +212,9 @@ def main() -> None:
     for i, ep in enumerate(eps[: a.episodes]):
         rows += run_episode(i, ep, meta, a.out, a.counts, a.iterations, a.seed)
         write_json(a.out / "sweep.json", rows)
-        print("\n".join(summarise(rows, a.counts, a.iterations)), flush=True)
-    (a.out / "summary.txt").write_text("\n".join(summarise(rows, a.counts, a.iterations)) + "\n")
+        text = "\n".join(summarise(rows, a.counts, a.iterations)) + "\n"
+        (a.out / "summary.txt").write_text(text)  # kept current after every episode
+        print(text, end="", flush=True)
     print(json.dumps({"rows": len(rows), "out": str(a.out)}))
 
 
