@@ -223,3 +223,55 @@ def test_episode_config_records_the_effective_inputs(novel):
     assert eff["pretrain_student"] is True and eff["base_images"] == 1500
     only = PipelineConfig(methods=("teacher", "support-only"))
     assert effective_inputs(only, novel[1])["base_images"] == 0
+
+
+def test_evaluate_and_the_teacher_baseline_score_the_pipeline_teacher(tmp_path):
+    """One teacher figure three ways: a pipeline episode's teacher row, the benchmark's teacher
+    baseline and `tinyshot evaluate`, each with the default teacher, its `student` member bound
+    to the shipped pretrained Conv4 and its images the pipeline's teacher view."""
+    from tinyshot.cli import build_parser, main
+    from tinyshot.data.episode_io import read_episodes
+    from tinyshot.pipeline.baselines import DEFAULT_TEACHER, run_baseline_episode
+    from tinyshot.pipeline.benchmark import EpisodeTask, prepare_episodes
+    from tinyshot.pipeline.benchmark.tasks import load_task_datasets
+    from tinyshot.pipeline.episode import (
+        SHIPPED_STUDENTS,
+        _base_dataset,
+        bind_teacher_spec,
+        build_episode_teacher,
+        load_episode_data,
+        pretrained_student_path,
+        teacher_accuracy,
+    )
+
+    assert PipelineConfig().teacher == DEFAULT_TEACHER
+    assert (
+        build_parser().parse_args(["evaluate", "--episodes", "e.json"]).teacher == DEFAULT_TEACHER
+    )
+    path = prepare_episodes(
+        tmp_path / "eps.json", "fashion-mnist", 1, split="novel-train",
+        query_split="novel-test", ways=3, shots=2, queries=8, seed=5,
+    )  # fmt: skip
+    episodes, meta = read_episodes(path)
+    spec, warning = bind_teacher_spec(DEFAULT_TEACHER, meta)
+    shipped = next(SHIPPED_STUDENTS.glob("pretrain-conv4-fashion-mnist-base-*.pt"))
+    assert warning is None and spec.startswith(f"student:{shipped}+efficientnet-lite0@96")
+
+    config = PipelineConfig(methods=("teacher",))
+    support_ds, query_ds = load_task_datasets(meta)
+    data = load_episode_data(episodes[0], support_ds, query_ds, None, config, 0)
+    pretrained = pretrained_student_path(_base_dataset(meta), config)
+    assert pretrained == shipped
+    teacher = build_episode_teacher(data, config, pretrained)
+    pipeline_acc = teacher_accuracy(teacher, data.teacher_query, data.query_labels)
+
+    task = EpisodeTask(0, episodes[0], meta, {"teacher": {}}, 0, str(tmp_path), device="cpu")
+    row = run_baseline_episode(task)["teacher"]
+    assert row["backbone"] == spec and row["queries"] == 24
+
+    out = tmp_path / "evaluate.json"
+    assert main(["evaluate", "--episodes", str(path), "--out", str(out), "--device", "cpu"]) == 0
+    doc = json.loads(out.read_text())
+    evaluated = doc["per_episode"][f"teacher ({DEFAULT_TEACHER})"][0]["accuracy"]
+    assert 1 / 3 < pipeline_acc < 1  # informative: above chance and not trivially perfect
+    assert row["accuracy"] == pipeline_acc == evaluated

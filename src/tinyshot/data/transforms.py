@@ -27,6 +27,25 @@ def images_to_tensor(images: Sequence[Image.Image], size: int | None = None) -> 
     return torch.stack([pil_to_tensor(im, size) for im in images])
 
 
+def images_to_uint8(images: Sequence[Image.Image], size: int | None = None) -> torch.Tensor:
+    """Batch (N,3,size,size) uint8: the exact values of images_to_tensor, a quarter the memory."""
+    return (images_to_tensor(list(images), size) * 255).round().to(torch.uint8)
+
+
+def teacher_view(images: Sequence[Image.Image], size: int | None) -> torch.Tensor:
+    """A teacher's input (uint8): the original images, untouched when they share one square size
+    no larger than the teacher's input size (its backbone resizes them itself), else resized to
+    it. Never a student's small copies: at 32 px the fit teacher lost 10 points (issue 14). The
+    pipeline, `tinyshot evaluate` and the benchmark's teacher baseline all feed teachers so."""
+    images = list(images)
+    sides = {im.size for im in images}
+    if len(sides) == 1:
+        w, h = next(iter(sides))
+        if w == h and (size is None or w <= size):
+            return images_to_uint8(images, None)
+    return images_to_uint8(images, size or max(max(s) for s in sides))
+
+
 def tensor_to_pil(x: torch.Tensor) -> Image.Image:
     """(3,H,W) or (1,H,W) in [0,1] -> 8-bit RGB image (round-to-nearest, clipped)."""
     x = x.detach().float().clamp(0, 1).cpu()

@@ -1,6 +1,7 @@
 """CLI sub-commands of the evaluation stage (registered by tinyshot.cli): `tinyshot plan-eval`
-(Theorem 1), `tinyshot evaluate` (a ProtoNet teacher over an episode file) and `tinyshot fd`
-(Frechet distances between two image folders: FD-EffNetLite0 offline, FID-64 with weights)."""
+(Theorem 1) and `tinyshot fd` (Frechet distances between two image folders: FD-EffNetLite0
+offline, FID-64 with weights). `tinyshot evaluate` lives in pipeline.commands: its default
+teacher binds the pipeline's pretrained student."""
 
 from __future__ import annotations
 
@@ -30,31 +31,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--confidence", type=float, default=0.95)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_plan_eval)
-
-    p = sub.add_parser(
-        "evaluate",
-        help="evaluate a ProtoNet teacher on every episode of an episode file (95%% t-CI)",
-        description="ProtoNet accuracy of a teacher on each episode of an episode file, using "
-        "all the queries the file lists. Writes per-episode accuracies and the mean with a "
-        "Student-t confidence interval as JSON (resumable), and prints a table.",
-    )
-    p.add_argument("--episodes", required=True, type=Path, help="episode file (tinyshot episodes)")
-    p.add_argument(
-        "--teacher",
-        default="efficientnet-lite0",
-        help="teacher backbone: efficientnet-lite0 (offline default), dino-vitb16, conv4, "
-        "resnet12, or a local ViT folder / hub id",
-    )
-    p.add_argument("--teacher-checkpoint", type=Path, help="meta-trained teacher checkpoint")
-    p.add_argument("--teacher-input-size", type=int, help="backbone input size (default: its own)")
-    p.add_argument("--root", type=Path, help="dataset folder (overrides the episode file's root)")
-    p.add_argument(
-        "--out", type=Path, help="results JSON (default: <episodes>.<teacher>.results.json)"
-    )
-    p.add_argument("--limit", type=int, help="only the first N episodes")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="auto")
-    p.set_defaults(func=cmd_evaluate)
 
     f = sub.add_parser(
         "fd",
@@ -211,45 +187,6 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
         info_path = folder / "tinyshot.json"
         write_json(info_path, {**read_json(info_path), "fidelity": res})
         print(f"recorded in {info_path}")
-    return 0
-
-
-def _default_out(episodes: Path, teacher: str) -> Path:
-    tag = Path(teacher).name.replace("/", "_") or "teacher"
-    return episodes.with_name(f"{episodes.stem}.{tag}.results.json")
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from tinyshot.errors import ConfigError
-    from tinyshot.evaluation.episodic import evaluate_teacher_on_episode_file
-    from tinyshot.models.teacher import build_teacher
-    from tinyshot.utils.device import resolve_device
-
-    if args.limit is not None and args.limit < 1:
-        raise ConfigError(f"--limit must be >= 1, got {args.limit}")
-    dev = resolve_device(args.device)
-    kw = {"input_size": args.teacher_input_size} if args.teacher_input_size else {}
-    teacher = build_teacher(args.teacher, checkpoint=args.teacher_checkpoint, **kw).to(dev).eval()
-    out = args.out or _default_out(args.episodes, args.teacher)
-    name = (
-        args.teacher
-        if args.teacher_checkpoint is None
-        else f"{args.teacher}@{args.teacher_checkpoint}"
-    )
-    results = evaluate_teacher_on_episode_file(
-        teacher,
-        args.episodes,
-        out,
-        root=args.root,
-        teacher_name=name,
-        method=f"teacher ({args.teacher})",
-        batch_size=args.batch_size,
-        limit=args.limit,
-    )
-    Console().print(results.table(title=f"{args.episodes.name}: ProtoNet teacher"))
-    print(f"per-episode accuracies: {out}")
     return 0
 
 

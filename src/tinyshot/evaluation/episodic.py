@@ -221,6 +221,12 @@ def _load_tensor(dataset: Any, indices: Sequence[int], size: int) -> torch.Tenso
     return images_to_tensor(dataset.load_images(indices), size)
 
 
+def _load_teacher_view(dataset: Any, indices: Sequence[int], size: int) -> torch.Tensor:
+    from tinyshot.data.transforms import teacher_view
+
+    return teacher_view(dataset.load_images(indices), size).float() / 255.0
+
+
 def evaluate_student_on_episode(
     student: torch.nn.Module,
     dataset: Any,
@@ -262,9 +268,13 @@ def evaluate_teacher_on_episodes(
 ) -> EpisodeResults:
     """ProtoNet accuracy of `teacher` on every episode; resumable through `out_path`.
 
-    Images are loaded at `image_size` (default: the teacher's input size), queries in batches.
+    Images reach the teacher as in the pipeline (`data.transforms.teacher_view`: originals up
+    to the teacher's input size, which its backbone resizes itself), so an episode file scores
+    the benchmark's teacher figure; `image_size` resizes every image to that size instead.
+    Queries in batches.
     """
     size = int(image_size or getattr(teacher, "input_size", 84))
+    load = _load_tensor if image_size else _load_teacher_view
     if results is None:
         if out_path is not None and Path(out_path).is_file():
             results = EpisodeResults.load(out_path)
@@ -283,10 +293,9 @@ def evaluate_teacher_on_episodes(
         s_idx, s_lab = ep.support_indices(dataset)
         q_idx, q_lab = episode_query_indices(ep, dataset, query_dataset)
         qds = query_dataset or dataset
-        support = _load_tensor(dataset, s_idx, size)
+        support = load(dataset, s_idx, size)
         batches = (
-            _load_tensor(qds, q_idx[j : j + batch_size], size)
-            for j in range(0, len(q_idx), batch_size)
+            load(qds, q_idx[j : j + batch_size], size) for j in range(0, len(q_idx), batch_size)
         )
         acc = evaluate_teacher_episode(
             teacher, support, torch.from_numpy(s_lab), batches, torch.from_numpy(q_lab), batch_size

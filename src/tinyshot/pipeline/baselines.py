@@ -5,10 +5,14 @@
 * "prototype-pixels": nearest class mean on raw pixels (resized to `size`, each image
   standardised to zero mean and unit variance). The floor every learned method must beat.
 * "teacher": the ProtoNet teacher (`tinyshot.models.teacher.build_teacher`) with prototypes
-  from the support set; config `backbone` ("efficientnet-lite0", "dino-vitb16", a ViT
-  folder, or "conv4"/"resnet12" for toy runs), optional `checkpoint` (meta-trained
-  weights), `input_size`, `batch_size`, `init_seed` (weights of randomly initialised
-  backbones, the same in every episode because the teacher is fixed across episodes).
+  from the support set; config `backbone` (default the pipeline's `effnet-lite-student`,
+  whose `student` member is bound to the dataset's pretrained student as in a pipeline
+  episode; "efficientnet-lite0", "dino-vitb16", a ViT folder, an ensemble spec, or
+  "conv4"/"resnet12" for toy runs), optional `checkpoint` (meta-trained weights),
+  `input_size`, `batch_size`, `init_seed` (weights of randomly initialised backbones, the
+  same in every episode because the teacher is fixed across episodes). Its images are the
+  pipeline's teacher view (`data.transforms.teacher_view`), so it scores the figure a
+  pipeline episode's `teacher` row gives.
 
 A method's kind is its config's "kind", else its name, so `{"teacher-lite0": {"kind":
 "teacher"}}` and `{"teacher": {}}` both work. `fail_on_episode` (an index or a list) raises
@@ -25,16 +29,20 @@ import numpy as np
 import torch
 
 from tinyshot.errors import ConfigError, DataError
+from tinyshot.utils.logging import get_logger
+
+log = get_logger("pipeline.baselines")
 
 KINDS = ("prototype-pixels", "teacher")
+DEFAULT_TEACHER = "effnet-lite-student"  # the pipeline's (PipelineConfig.teacher)
 DEFAULT_METHODS: dict[str, dict[str, Any]] = {
     "prototype-pixels": {},
-    "teacher": {"backbone": "efficientnet-lite0"},
+    "teacher": {"backbone": DEFAULT_TEACHER},
 }
 _OPTIONS = {
     "prototype-pixels": {"size": 32, "batch_size": 512, "standardize": True},
     "teacher": {
-        "backbone": "efficientnet-lite0",
+        "backbone": DEFAULT_TEACHER,
         "checkpoint": None,
         "input_size": None,
         "batch_size": 64,
@@ -64,16 +72,24 @@ def run_baseline_episode(task: Any) -> dict[str, dict[str, Any]]:
                 f"{name}: failure injected on episode {task.index} (method config fail_on_episode)"
             )
         t0 = time.perf_counter()
+        extra: dict[str, Any] = {}
         if kind == "prototype-pixels":
             acc = prototype_pixels_accuracy(support_ds, s_idx, s_lab, query_ds, q_idx, q_lab, **cfg)
         else:
+            from tinyshot.pipeline.episode import bind_teacher_spec
+
+            cfg["backbone"], warning = bind_teacher_spec(str(cfg["backbone"]), task.meta)
+            if warning:
+                log.warning("%s: %s", name, warning)
             acc = teacher_accuracy(
                 support_ds, s_idx, s_lab, query_ds, q_idx, q_lab, device=task.device, **cfg
             )
+            extra["backbone"] = cfg["backbone"]
         out[name] = {
             "accuracy": acc,
             "queries": len(q_idx),
             "seconds": time.perf_counter() - t0,
+            **extra,
         }
     return out
 
@@ -160,14 +176,15 @@ def teacher_accuracy(
     query_ds: Any,
     q_idx: np.ndarray,
     q_lab: np.ndarray,
-    backbone: str = "efficientnet-lite0",
+    backbone: str,  # bound already: run_baseline_episode resolves a bare `student` member
     checkpoint: str | None = None,
     input_size: int | None = None,
     batch_size: int = 64,
     init_seed: int = 0,
     device: str = "auto",
 ) -> float:
-    """ProtoNet teacher accuracy on the episode's queries (images at the teacher's size)."""
+    """ProtoNet teacher accuracy on the episode's queries (the pipeline's teacher view)."""
+    from tinyshot.data.transforms import teacher_view
     from tinyshot.evaluation.episodic import evaluate_teacher_episode
     from tinyshot.utils.device import resolve_device
 
@@ -176,12 +193,16 @@ def teacher_accuracy(
         backbone, str(checkpoint) if checkpoint else None, input_size, int(init_seed), dev
     )
     size = teacher.input_size
-    support = next(_batches(support_ds, s_idx, size, len(s_idx)))
+
+    def view(ds: Any, idx: np.ndarray) -> torch.Tensor:
+        return teacher_view(ds.load_images(idx), size).float() / 255.0
+
+    q = int(batch_size)
     return evaluate_teacher_episode(
         teacher,
-        support,
+        view(support_ds, s_idx),
         torch.from_numpy(s_lab),
-        _batches(query_ds, q_idx, size, int(batch_size)),
+        (view(query_ds, q_idx[j : j + q]) for j in range(0, len(q_idx), q)),
         torch.from_numpy(q_lab),
         int(batch_size),
     )

@@ -1,4 +1,5 @@
-"""CLI sub-commands of the pipeline stage: `benchmark` (more are added by `register`)."""
+"""CLI sub-commands of the pipeline stage: `demo`, `fit`, `benchmark` and `evaluate` (the
+pipeline's teacher over an episode file)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_demo(sub)
     _register_fit(sub)
     _register_benchmark(sub)
+    _register_evaluate(sub)
 
 
 # ------------------------------------------------------------------ demo and fit
@@ -398,4 +400,84 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
             "rerun the same command to retry them"
         )
         return 1
+    return 0
+
+
+# ------------------------------------------------------------------ evaluate
+
+
+def _register_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a ProtoNet teacher on every episode of an episode file (95%% t-CI)",
+        description="ProtoNet accuracy of a teacher on each episode of an episode file, using "
+        "all the queries the file lists, with images prepared as the pipeline's teacher gets "
+        "them (the default teacher scores a benchmark episode's teacher row). Writes "
+        "per-episode accuracies and the mean with a Student-t confidence interval as JSON "
+        "(resumable), and prints a table.",
+    )
+    p.add_argument("--episodes", required=True, type=Path, help="episode file (tinyshot episodes)")
+    p.add_argument(
+        "--teacher",
+        default="effnet-lite-student",
+        help="teacher backbone or ensemble spec (default: the pipeline's effnet-lite-student; "
+        "its 'student' member is the dataset's base-pretrained student, shipped or cached): "
+        "efficientnet-lite0, dino-vitb16, conv4, resnet12, a local ViT folder / hub id",
+    )
+    p.add_argument("--teacher-checkpoint", type=Path, help="meta-trained teacher checkpoint")
+    p.add_argument("--teacher-input-size", type=int, help="backbone input size (default: its own)")
+    p.add_argument("--root", type=Path, help="dataset folder (overrides the episode file's root)")
+    p.add_argument(
+        "--out", type=Path, help="results JSON (default: <episodes>.<teacher>.results.json)"
+    )
+    p.add_argument("--limit", type=int, help="only the first N episodes")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def _default_out(episodes: Path, teacher: str) -> Path:
+    tag = Path(teacher).name.replace("/", "_") or "teacher"
+    return episodes.with_name(f"{episodes.stem}.{tag}.results.json")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from tinyshot.data.episode_io import read_episodes
+    from tinyshot.evaluation.episodic import evaluate_teacher_on_episode_file
+    from tinyshot.models.teacher import build_teacher
+    from tinyshot.pipeline.episode import bind_teacher_spec
+    from tinyshot.utils.device import resolve_device
+    from tinyshot.utils.logging import get_logger
+
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {args.limit}")
+    _, meta = read_episodes(args.episodes)
+    if args.root is not None:
+        meta = {**meta, "dataset": {**(meta.get("dataset") or {}), "root": str(args.root)}}
+    spec, warning = bind_teacher_spec(args.teacher, meta)
+    if warning:
+        get_logger("pipeline.commands").warning("%s", warning)
+    dev = resolve_device(args.device)
+    kw = {"input_size": args.teacher_input_size} if args.teacher_input_size else {}
+    teacher = build_teacher(spec, checkpoint=args.teacher_checkpoint, **kw).to(dev).eval()
+    out = args.out or _default_out(args.episodes, args.teacher)
+    name = (
+        args.teacher
+        if args.teacher_checkpoint is None
+        else f"{args.teacher}@{args.teacher_checkpoint}"
+    )
+    results = evaluate_teacher_on_episode_file(
+        teacher,
+        args.episodes,
+        out,
+        root=args.root,
+        teacher_name=name,
+        method=f"teacher ({args.teacher})",
+        batch_size=args.batch_size,
+        limit=args.limit,
+    )
+    Console().print(results.table(title=f"{args.episodes.name}: ProtoNet teacher"))
+    print(f"per-episode accuracies: {out}")
     return 0

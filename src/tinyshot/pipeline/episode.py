@@ -36,7 +36,11 @@ import torch
 
 from tinyshot.data.base import FewShotDataset
 from tinyshot.data.episodes import Episode
-from tinyshot.data.transforms import crop_generator_frame, images_to_tensor
+from tinyshot.data.transforms import (
+    crop_generator_frame,
+    images_to_uint8,
+    teacher_view,
+)
 from tinyshot.errors import ConfigError
 from tinyshot.utils.device import resolve_device
 from tinyshot.utils.io import read_json, write_json
@@ -174,20 +178,7 @@ class EpisodeData:
 
 
 def _uint8(images: Sequence[Any], size: int | None) -> torch.Tensor:
-    return (images_to_tensor(list(images), size) * 255).round().to(torch.uint8)
-
-
-def teacher_view(images: Sequence[Any], size: int | None) -> torch.Tensor:
-    """The teacher's input: the original images, untouched when they share one square size no
-    larger than the teacher's input size (its backbone resizes them itself), else resized to it.
-    Never the student's small copies: at 32 px the fit teacher lost 10 points (issue 14)."""
-    images = list(images)
-    sides = {im.size for im in images}
-    if len(sides) == 1:
-        w, h = next(iter(sides))
-        if w == h and (size is None or w <= size):
-            return _uint8(images, None)
-    return _uint8(images, size or max(max(s) for s in sides))
+    return images_to_uint8(list(images), size)
 
 
 def _as_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -691,6 +682,20 @@ def _base_dataset(meta: dict[str, Any]) -> FewShotDataset | None:
         return None
     info = dataset_info(name)
     return load_dataset(name, info.base_split, root=ds.get("root"), **(ds.get("options") or {}))
+
+
+def bind_teacher_spec(spec: str, meta: dict[str, Any]) -> tuple[str, str | None]:
+    """(teacher spec with its bare `student` member bound, warning or None) for the episodes of
+    an episode file (`meta` as read with it): the pretrained student a benchmark episode of that
+    dataset gets (shipped, or pretrained once into the cache), so `tinyshot evaluate` and the
+    teacher baseline score the pipeline's own teacher."""
+    from tinyshot.models.ensemble import uses_student, with_student
+
+    if not uses_student(spec):
+        return spec, None
+    ds = meta.get("dataset") or {}
+    config = task_pipeline_config({}, ds.get("name"), ds.get("split"))
+    return with_student(spec, pretrained_student_path(_base_dataset(meta), config))
 
 
 # Support splits whose shipped generator is not the dataset's default one: the concept-known
