@@ -275,3 +275,15 @@ def test_evaluate_and_the_teacher_baseline_score_the_pipeline_teacher(tmp_path):
     evaluated = doc["per_episode"][f"teacher ({DEFAULT_TEACHER})"][0]["accuracy"]
     assert 1 / 3 < pipeline_acc < 1  # informative: above chance and not trivially perfect
     assert row["accuracy"] == pipeline_acc == evaluated
+
+
+def test_bind_teacher_spec_without_base_classes_leaves_the_student_out():
+    from tinyshot.pipeline.episode import bind_teacher_spec
+
+    meta = {"dataset": {"name": "imagefolder", "root": "photos"}}
+    spec, warning = bind_teacher_spec("effnet-lite-student", meta)
+    assert spec == "efficientnet-lite0@96+efficientnet-lite1@96;power=0.5"
+    assert warning is not None and "'student' member" in warning
+    assert bind_teacher_spec("conv4", meta) == ("conv4", None)  # nothing to bind
+    with pytest.raises(ConfigError, match="needs the base-class pretrained student"):
+        bind_teacher_spec("student", meta)
