@@ -221,7 +221,8 @@ def _load_tensor(dataset: Any, indices: Sequence[int], size: int) -> torch.Tenso
     return images_to_tensor(dataset.load_images(indices), size)
 
 
-def _load_teacher_view(dataset: Any, indices: Sequence[int], size: int) -> torch.Tensor:
+def load_teacher_view(dataset: Any, indices: Sequence[int], size: int) -> torch.Tensor:
+    """Images of a dataset as the pipeline gives them to a teacher of input size `size`."""
     from tinyshot.data.transforms import teacher_view
 
     return teacher_view(dataset.load_images(indices), size).float() / 255.0
@@ -274,7 +275,7 @@ def evaluate_teacher_on_episodes(
     Queries in batches.
     """
     size = int(image_size or getattr(teacher, "input_size", 84))
-    load = _load_tensor if image_size else _load_teacher_view
+    load = _load_tensor if image_size else load_teacher_view
     if results is None:
         if out_path is not None and Path(out_path).is_file():
             results = EpisodeResults.load(out_path)

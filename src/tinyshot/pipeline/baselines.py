@@ -29,12 +29,12 @@ import numpy as np
 import torch
 
 from tinyshot.errors import ConfigError, DataError
+from tinyshot.pipeline.episode import DEFAULT_TEACHER, bind_teacher_spec
 from tinyshot.utils.logging import get_logger
 
 log = get_logger("pipeline.baselines")
 
 KINDS = ("prototype-pixels", "teacher")
-DEFAULT_TEACHER = "effnet-lite-student"  # the pipeline's (PipelineConfig.teacher)
 DEFAULT_METHODS: dict[str, dict[str, Any]] = {
     "prototype-pixels": {},
     "teacher": {"backbone": DEFAULT_TEACHER},
@@ -76,8 +76,6 @@ def run_baseline_episode(task: Any) -> dict[str, dict[str, Any]]:
         if kind == "prototype-pixels":
             acc = prototype_pixels_accuracy(support_ds, s_idx, s_lab, query_ds, q_idx, q_lab, **cfg)
         else:
-            from tinyshot.pipeline.episode import bind_teacher_spec
-
             cfg["backbone"], warning = bind_teacher_spec(str(cfg["backbone"]), task.meta)
             if warning:
                 log.warning("%s: %s", name, warning)
@@ -184,25 +182,19 @@ def teacher_accuracy(
     device: str = "auto",
 ) -> float:
     """ProtoNet teacher accuracy on the episode's queries (the pipeline's teacher view)."""
-    from tinyshot.data.transforms import teacher_view
-    from tinyshot.evaluation.episodic import evaluate_teacher_episode
+    from tinyshot.evaluation.episodic import evaluate_teacher_episode, load_teacher_view
     from tinyshot.utils.device import resolve_device
 
     dev = str(resolve_device(device))
     teacher = _cached_teacher(
         backbone, str(checkpoint) if checkpoint else None, input_size, int(init_seed), dev
     )
-    size = teacher.input_size
-
-    def view(ds: Any, idx: np.ndarray) -> torch.Tensor:
-        return teacher_view(ds.load_images(idx), size).float() / 255.0
-
-    q = int(batch_size)
+    size, q = teacher.input_size, int(batch_size)
     return evaluate_teacher_episode(
         teacher,
-        view(support_ds, s_idx),
+        load_teacher_view(support_ds, s_idx, size),
         torch.from_numpy(s_lab),
-        (view(query_ds, q_idx[j : j + q]) for j in range(0, len(q_idx), q)),
+        (load_teacher_view(query_ds, q_idx[j : j + q], size) for j in range(0, len(q_idx), q)),
         torch.from_numpy(q_lab),
         int(batch_size),
     )

@@ -419,7 +419,7 @@ def _register_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--episodes", required=True, type=Path, help="episode file (tinyshot episodes)")
     p.add_argument(
         "--teacher",
-        default="effnet-lite-student",
+        default="effnet-lite-student",  # = pipeline.episode.DEFAULT_TEACHER (no torch at start-up)
         help="teacher backbone or ensemble spec (default: the pipeline's effnet-lite-student; "
         "its 'student' member is the dataset's base-pretrained student, shipped or cached): "
         "efficientnet-lite0, dino-vitb16, conv4, resnet12, a local ViT folder / hub id",

@@ -54,6 +54,9 @@ log = get_logger("pipeline.episode")
 GENERATORS = ("name", "ti", "dafusion", "tint")
 # Generators that need the episode's TI/NTI specialization ("name" needs none).
 SPECIALIZED = ("ti", "dafusion", "tint")
+# Two cheap ImageNet backbones plus the base-pretrained student (models.ensemble.ENSEMBLES);
+# `tinyshot evaluate` and the teacher baseline default to it too.
+DEFAULT_TEACHER = "effnet-lite-student"
 STUDENT_METHODS = ("support-only", "support+base", *GENERATORS)
 METHODS = ("teacher", *STUDENT_METHODS)
 # Base-class pretrained students shipped for the demo (same file names as the cache's keys).
@@ -90,7 +93,7 @@ class PipelineConfig:
     generation_batch_size: int = 100
     # Teacher: ProtoNet on this backbone; optional meta-trained checkpoint.
     # Two cheap ImageNet backbones plus the base-pretrained student (models.ensemble.ENSEMBLES).
-    teacher: str = "effnet-lite-student"
+    teacher: str = DEFAULT_TEACHER
     teacher_input_size: int | None = 96
     teacher_checkpoint: str | None = None
     kd_temperature: float = 1.0
