@@ -8,6 +8,13 @@ and labelled by the episode's teacher (the pipeline's, supports set) and by the 
 
     PYTHONPATH=src python scripts/ti_agreement_sweep.py runs/ti-sweep --episodes 2 \\
         --ti 150:0.01 500:0.01 --guidance 3 5 7.5
+    PYTHONPATH=src python scripts/ti_agreement_sweep.py runs/ti-sweep --episodes 2 \\
+        --ti 150:0.01 --guidance 3 --ddim-steps 10 25 50
+
+`--ddim-steps` samples at each DDIM step count as well (default: the demo's, 10).
+`--query-split novel-test --seed 0` runs on the benchmark's test-split episodes (the same
+supports and per-episode seeds as `tinyshot benchmark --split novel-pool --query-split
+novel-test`), to measure a setting chosen on the train split.
 
 Prints one JSON line per (episode, steps, lr, guidance); OUT/sweep.json holds them all and
 OUT/summary.txt the means. docs/generator.md has the table.
@@ -18,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -47,11 +55,18 @@ from tinyshot.utils.logging import setup_logging
 from tinyshot.utils.seed import derive_seed
 
 
-def run_episode(index, episode, meta, out: Path, ti: list[tuple[int, float]], guidance, seed):
+def _key(r: dict) -> tuple[int, float, float, int]:
+    return r["ti_steps"], r["ti_lr"], r["guidance"], r.get("ddim_steps", 10)
+
+
+def run_episode(
+    index, episode, meta, out: Path, ti: list[tuple[int, float]], guidance, ddim_steps, seed
+):
     work = out / str(index)
     rows_path = work / "rows.json"
     rows: list[dict] = read_json(rows_path) if rows_path.is_file() else []
-    done = {(r["ti_steps"], r["ti_lr"], r["guidance"]) for r in rows}
+    done = {_key(r) for r in rows}
+    grid = [(g, n) for n in ddim_steps for g in guidance]
     ds = meta["dataset"]
     config = task_pipeline_config({"ti": {}}, ds["name"], ds["split"])
     support_ds, query_ds = load_task_datasets(meta)
@@ -62,7 +77,7 @@ def run_episode(index, episode, meta, out: Path, ti: list[tuple[int, float]], gu
     judge, jinfo = load_judge()
     prep = generator_prep(config)
     for steps, lr in ti:
-        if all((steps, lr, g) in done for g in guidance):
+        if all((steps, lr, g, n) in done for g, n in grid):
             continue
         model = load_diffusion_model(resolve_generator(config.generator), device="cpu")
         spec = SpecializeConfig.from_dict(
@@ -76,12 +91,13 @@ def run_episode(index, episode, meta, out: Path, ti: list[tuple[int, float]], gu
         )
         d = work / f"ti{steps}-lr{lr:g}"
         arts = specialize(model, data.support_pil, data.class_names, spec, d / "spec")
-        for g in guidance:
-            if (steps, lr, g) in done:
+        for g, n in grid:
+            if (steps, lr, g, n) in done:
                 continue
             store = generate(
-                model, arts, method="ti", n_per_class=50, out_dir=d / f"g{g:g}",
-                batch_size=100, seed=derive_seed(ep_seed, "generate") % 2**31, guidance=g,
+                model, arts, method="ti", n_per_class=50,
+                out_dir=d / (f"g{g:g}" if n == 10 else f"g{g:g}-s{n}"), batch_size=100,
+                seed=derive_seed(ep_seed, "generate") % 2**31, guidance=g, steps=n,
             )  # fmt: skip
             raw, _ = store.load_tensor()
             intended = intended_labels(store)
@@ -89,6 +105,9 @@ def run_episode(index, episode, meta, out: Path, ti: list[tuple[int, float]], gu
                 seen = teacher_synthetic(raw, prep, teacher.input_size)
                 probs = teacher.predict_proba(seen.float() / 255.0)
             hit = probs.argmax(1) == intended
+            with torch.no_grad():  # the same images without the grey projection (before 12-03)
+                seen = teacher_synthetic(raw, replace(prep, grey=False), teacher.input_size)
+                hit_rgb = teacher.predict_proba(seen.float() / 255.0).argmax(1) == intended
             share = judged_share(judge, jinfo["class_names"], {
                 name: crop_generator_frame(store.load_tensor(c)[0], prep)
                 for c, name in enumerate(data.class_names)
@@ -98,7 +117,9 @@ def run_episode(index, episode, meta, out: Path, ti: list[tuple[int, float]], gu
                 "ti_steps": steps,
                 "ti_lr": lr,
                 "guidance": g,
+                "ddim_steps": n,
                 "agreement": float(hit.float().mean()),
+                "agreement_unprojected": float(hit_rgb.float().mean()),
                 "agreement_per_class": {
                     n: float(hit[intended == c].float().mean())
                     for c, n in enumerate(data.class_names)
@@ -117,13 +138,15 @@ def run_episode(index, episode, meta, out: Path, ti: list[tuple[int, float]], gu
 
 
 def summarise(rows: list[dict]) -> list[str]:
-    keys = sorted({(r["ti_steps"], r["ti_lr"], r["guidance"]) for r in rows})
+    keys = sorted({_key(r) for r in rows})
     lines = []
     for k in keys:
-        sel = [r for r in rows if (r["ti_steps"], r["ti_lr"], r["guidance"]) == k]
+        sel = [r for r in rows if _key(r) == k]
         lines.append(
-            f"TI {k[0]:>4} steps lr {k[1]:<6g} guidance {k[2]:<4g}: agreement "
-            f"{100 * np.mean([r['agreement'] for r in sel]):.1f}%  judged "
+            f"TI {k[0]:>4} steps lr {k[1]:<6g} guidance {k[2]:<4g} DDIM {k[3]:>3}: agreement "
+            f"{100 * np.mean([r['agreement'] for r in sel]):.1f}% "
+            f"(RGB {100 * np.mean([r.get('agreement_unprojected', np.nan) for r in sel]):.1f}%)"
+            "  judged "
             f"{100 * np.mean([r['judged_mean'] for r in sel]):.1f}%  ({len(sel)} episode(s))"
         )
     return lines
@@ -135,7 +158,14 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=2)
     p.add_argument("--ti", nargs="+", default=["150:0.01", "500:0.01"], help="STEPS:LR")
     p.add_argument("--guidance", type=float, nargs="+", default=[3.0, 5.0, 7.5])
+    p.add_argument("--ddim-steps", type=int, nargs="+", default=[10])
     p.add_argument("--seed", type=int, default=1000, help="the tuning episodes' seed (1000+)")
+    p.add_argument(
+        "--query-split",
+        default="novel-pool",
+        help="novel-test (with --seed 0): the benchmark's test-split episodes, to measure, "
+        "never to tune",
+    )
     a = p.parse_args()
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
     a.out.mkdir(parents=True, exist_ok=True)
@@ -145,12 +175,13 @@ def main() -> None:
     ti = [(int(s.split(":")[0]), float(s.split(":")[1])) for s in a.ti]
     path = prepare_episodes(
         a.out / "episodes.json", "fashion-mnist", a.episodes, split="novel-pool",
-        query_split="novel-pool", queries=1, seed=a.seed,
+        query_split=a.query_split, queries=1 if a.query_split == "novel-pool" else None,
+        seed=a.seed,
     )  # fmt: skip
     eps, meta = read_episodes(path)
     rows: list[dict] = []
     for i, ep in enumerate(eps[: a.episodes]):
-        rows += run_episode(i, ep, meta, a.out, ti, a.guidance, a.seed)
+        rows += run_episode(i, ep, meta, a.out, ti, a.guidance, a.ddim_steps, a.seed)
         write_json(a.out / "sweep.json", rows)
         text = "\n".join(summarise(rows)) + "\n"
         (a.out / "summary.txt").write_text(text)

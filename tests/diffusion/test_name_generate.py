@@ -96,3 +96,21 @@ def test_generate_method_name_needs_only_the_artifacts_class_names(tint_speciali
         timestep_spacing=s.artifacts[0].timestep_spacing,
     )
     assert len(a) == 2 * len(s.artifacts) and _pixels(a) == _pixels(b)
+
+
+def test_sampling_at_untested_step_counts_warns(model, tmp_path, monkeypatch, caplog):
+    """The shipped generators record the DDIM steps of their fidelity check; sampling at
+    another count (where a small generator may not draw its classes) says so in the log."""
+    from tinyshot.diffusion.model import load_diffusion_model
+    from tinyshot.diffusion.pretrain import default_generator_path
+
+    shipped = load_diffusion_model(default_generator_path("fashion-mnist-known"), device="cpu")
+    assert shipped.fidelity_record["steps"] == 10
+    assert gen_mod.warn_untested_steps(shipped, 10) is None
+    msg = gen_mod.warn_untested_steps(shipped, 25)
+    assert msg is not None and "25 DDIM steps" in msg and "measured at 10" in msg
+    assert gen_mod.warn_untested_steps(model, 25) is None  # no record: nothing to compare
+    monkeypatch.setattr(model, "fidelity_record", {"steps": 2})
+    with caplog.at_level("WARNING"):
+        generate_from_names(model, ["a", "b"], n_per_class=1, out_dir=tmp_path, steps=3)
+    assert any("measured at 2 steps" in r.getMessage() for r in caplog.records)

@@ -287,3 +287,30 @@ def test_bind_teacher_spec_without_base_classes_leaves_the_student_out():
     assert bind_teacher_spec("conv4", meta) == ("conv4", None)  # nothing to bind
     with pytest.raises(ConfigError, match="needs the base-class pretrained student"):
         bind_teacher_spec("student", meta)
+
+
+def test_grey_generator_output_is_projected_onto_grey_exactly():
+    """A grey generator's colour is model error: every stage sees the channel mean, and a
+    generated image that is already grey (R = G = B) passes through bit for bit."""
+    g = torch.Generator().manual_seed(0)
+    tinted = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=g)
+    out = crop_generator_frame(tinted, FASHION_PREP)
+    assert out.shape == (4, 3, 28, 28)
+    assert torch.equal(out[:, 0], out[:, 1]) and torch.equal(out[:, 1], out[:, 2])
+    want = tinted[..., 2:30, 2:30].float().mean(1).round().to(torch.uint8)
+    assert torch.equal(out[:, 0], want)
+    # float images in [0,1]: the exact channel mean
+    f = tinted.float() / 255
+    assert torch.allclose(crop_generator_frame(f, FASHION_PREP)[:, 2], f[..., 2:30, 2:30].mean(1))
+    grey = tinted[:, :1].expand(-1, 3, -1, -1)
+    assert torch.equal(crop_generator_frame(grey, FASHION_PREP), grey[..., 2:30, 2:30])
+    # an RGB generator's colour is kept
+    rgb = ImagePrep("resize", 32)
+    assert torch.equal(crop_generator_frame(tinted, rgb), tinted)
+    # the teacher and the student see the projection too
+    seen = teacher_synthetic(tinted, FASHION_PREP, 96)
+    assert torch.equal(seen[:, 0], seen[:, 2])
+    assert torch.equal(
+        student_synthetic(tinted, FASHION_PREP, 32)[:, 0],
+        student_synthetic(tinted, FASHION_PREP, 32)[:, 1],
+    )

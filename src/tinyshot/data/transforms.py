@@ -150,15 +150,26 @@ def center_square(img: Image.Image) -> Image.Image:
 
 
 def crop_generator_frame(images: torch.Tensor, prep: ImagePrep) -> torch.Tensor:
-    """Generated (N,C,S,S) images back in the real images' frame: a pad-mode generator's
-    images lose the padded border (the inverse of prepare_for_generator's padding), so the
-    teacher, the student and Frechet distances compare like with like; otherwise unchanged."""
+    """Generated (N,C,S,S) images back in the real images' frame, the inverse of
+    prepare_for_generator: a pad-mode generator's images lose the padded border, and a grey
+    generator's RGB output is projected onto grey (the channel mean, rounded for uint8), so
+    the teacher, the student and Frechet distances compare like with like. A grey generator
+    was trained on R = G = B images; any colour in its output is model error (the shipped
+    Fashion-MNIST generators tint their samples, docs/generator.md). Real grey images pass
+    through unchanged."""
     content = prep.content
     side = images.shape[-1]
-    if content is None or content >= side or prep.size != side:
-        return images
-    off = (side - content) // 2
-    return images[..., off : off + content, off : off + content].contiguous()
+    if content is not None and content < side and prep.size == side:
+        off = (side - content) // 2
+        images = images[..., off : off + content, off : off + content]
+    if prep.grey and images.ndim == 4 and images.shape[1] == 3:
+        grey = images.float().mean(1, keepdim=True)
+        if images.dtype == torch.uint8:
+            grey = grey.round().to(torch.uint8)
+        else:
+            grey = grey.to(images.dtype)
+        images = grey.expand_as(images)
+    return images.contiguous()
 
 
 def frame_brightness(images: torch.Tensor, width: int = 2) -> float:

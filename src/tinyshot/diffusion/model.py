@@ -62,6 +62,9 @@ class DiffusionModel:
     image_prep_record: dict[str, Any] | None = None
     # Captions the model was trained with per class name (tinyshot.json "class_captions").
     class_captions: dict[str, str] = field(default_factory=dict)
+    # DDIM steps and judged class fidelity per guidance of the model's own fidelity check
+    # (tinyshot.json "fidelity"); None when it records none (hub models).
+    fidelity_record: dict[str, Any] | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
     _empty: torch.Tensor | None = field(default=None, repr=False)
@@ -394,6 +397,7 @@ def _load_local(path: Path, dev: torch.device, dt: torch.dtype) -> DiffusionMode
         image_size=meta.get("image_size"),
         image_prep_record=meta.get("image_prep"),
         class_captions=dict(meta.get("class_captions") or {}),
+        fidelity_record=meta.get("fidelity") if isinstance(meta.get("fidelity"), dict) else None,
         device=dev,
         dtype=dt,
     )
