@@ -60,8 +60,9 @@ def _key(r: dict) -> tuple[int, float, float, int]:
 
 
 def run_episode(
-    index, episode, meta, out: Path, ti: list[tuple[int, float]], guidance, ddim_steps, seed
-):
+    index, episode, meta, out: Path, ti: list[tuple[int, float]], guidance, ddim_steps, seed,
+    spacing=None,
+):  # fmt: skip
     work = out / str(index)
     rows_path = work / "rows.json"
     rows: list[dict] = read_json(rows_path) if rows_path.is_file() else []
@@ -86,6 +87,7 @@ def run_episode(
                 "ti_steps": steps,
                 "ti_lr": lr,
                 "nti_inner_steps": 0,  # plain TI uses the tokens only
+                "timestep_spacing": spacing,
                 "seed": derive_seed(ep_seed, "spec") % 2**31,
             }
         )
@@ -118,6 +120,7 @@ def run_episode(
                 "ti_lr": lr,
                 "guidance": g,
                 "ddim_steps": n,
+                "spacing": arts[0].timestep_spacing,
                 "agreement": float(hit.float().mean()),
                 "agreement_unprojected": float(hit_rgb.float().mean()),
                 "agreement_per_class": {
@@ -159,6 +162,10 @@ def main() -> None:
     p.add_argument("--ti", nargs="+", default=["150:0.01", "500:0.01"], help="STEPS:LR")
     p.add_argument("--guidance", type=float, nargs="+", default=[3.0, 5.0, 7.5])
     p.add_argument("--ddim-steps", type=int, nargs="+", default=[10])
+    p.add_argument(
+        "--spacing", choices=["leading", "trailing", "linspace"], default=None,
+        help="DDIM timestep spacing (default: the pipeline's, trailing); use a fresh OUT per value",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=1000, help="the tuning episodes' seed (1000+)")
     p.add_argument(
         "--query-split",
@@ -181,7 +188,7 @@ def main() -> None:
     eps, meta = read_episodes(path)
     rows: list[dict] = []
     for i, ep in enumerate(eps[: a.episodes]):
-        rows += run_episode(i, ep, meta, a.out, ti, a.guidance, a.ddim_steps, a.seed)
+        rows += run_episode(i, ep, meta, a.out, ti, a.guidance, a.ddim_steps, a.seed, a.spacing)
         write_json(a.out / "sweep.json", rows)
         text = "\n".join(summarise(rows)) + "\n"
         (a.out / "summary.txt").write_text(text)
