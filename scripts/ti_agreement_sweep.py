@@ -67,7 +67,7 @@ def run_episode(
     rows_path = work / "rows.json"
     rows: list[dict] = read_json(rows_path) if rows_path.is_file() else []
     done = {_key(r) for r in rows}
-    grid = [(g, n) for n in ddim_steps for g in guidance]
+    grid = [(g, k) for k in ddim_steps for g in guidance]
     ds = meta["dataset"]
     config = task_pipeline_config({"ti": {}}, ds["name"], ds["split"])
     support_ds, query_ds = load_task_datasets(meta)
@@ -78,7 +78,7 @@ def run_episode(
     judge, jinfo = load_judge()
     prep = generator_prep(config)
     for steps, lr in ti:
-        if all((steps, lr, g, n) in done for g, n in grid):
+        if all((steps, lr, g, k) in done for g, k in grid):
             continue
         model = load_diffusion_model(resolve_generator(config.generator), device="cpu")
         spec = SpecializeConfig.from_dict(
@@ -93,21 +93,20 @@ def run_episode(
         )
         d = work / f"ti{steps}-lr{lr:g}"
         arts = specialize(model, data.support_pil, data.class_names, spec, d / "spec")
-        for g, n in grid:
-            if (steps, lr, g, n) in done:
+        for g, ddim in grid:
+            if (steps, lr, g, ddim) in done:
                 continue
             store = generate(
                 model, arts, method="ti", n_per_class=50,
-                out_dir=d / (f"g{g:g}" if n == 10 else f"g{g:g}-s{n}"), batch_size=100,
-                seed=derive_seed(ep_seed, "generate") % 2**31, guidance=g, steps=n,
+                out_dir=d / (f"g{g:g}" if ddim == 10 else f"g{g:g}-s{ddim}"), batch_size=100,
+                seed=derive_seed(ep_seed, "generate") % 2**31, guidance=g, steps=ddim,
             )  # fmt: skip
             raw, _ = store.load_tensor()
             intended = intended_labels(store)
             with torch.no_grad():
                 seen = teacher_synthetic(raw, prep, teacher.input_size)
-                probs = teacher.predict_proba(seen.float() / 255.0)
-            hit = probs.argmax(1) == intended
-            with torch.no_grad():  # the same images without the grey projection (before 12-03)
+                hit = teacher.predict_proba(seen.float() / 255.0).argmax(1) == intended
+                # the same images without the grey projection (before 2026-12-03)
                 seen = teacher_synthetic(raw, replace(prep, grey=False), teacher.input_size)
                 hit_rgb = teacher.predict_proba(seen.float() / 255.0).argmax(1) == intended
             share = judged_share(judge, jinfo["class_names"], {
@@ -119,7 +118,7 @@ def run_episode(
                 "ti_steps": steps,
                 "ti_lr": lr,
                 "guidance": g,
-                "ddim_steps": n,
+                "ddim_steps": ddim,
                 "spacing": arts[0].timestep_spacing,
                 "agreement": float(hit.float().mean()),
                 "agreement_unprojected": float(hit_rgb.float().mean()),
