@@ -173,7 +173,7 @@ class StudentBackbone(FeatureBackbone):
             raise ModelError(f"{checkpoint}: student checkpoint not found (teacher member)")
         student = student_from_state(load_checkpoint(path), str(path))
         super().__init__(input_size or student.input_size, mean=(0.0,) * 3, std=(1.0,) * 3)
-        self.net = student.backbone  # normalises itself
+        self.net = student.backbone.eval()  # normalises itself; frozen batch-norm statistics
         self.net.requires_grad_(False)
         self.in_channels = student.in_channels
         self.feature_dim = student.feature_dim
