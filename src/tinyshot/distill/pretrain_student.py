@@ -144,6 +144,28 @@ def _rotation_head(dim: int) -> nn.Module:
     return nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 4))
 
 
+def resume_state(
+    ckpt: Path, student: Student, meta: dict[str, Any], what: str
+) -> tuple[dict[str, Any] | None, bool]:
+    """(the checkpoint to resume from, or None; whether it is finished, `student` then holding
+    its weights). A checkpoint of another architecture, config or dataset is refused."""
+    from tinyshot.utils.checkpoint import load_checkpoint
+
+    if not ckpt.is_file():
+        return None, False
+    state = load_checkpoint(ckpt, expect={"arch": meta["arch"], "num_classes": meta["num_classes"]})
+    check_resume_config(state["meta"].get("config", {}), meta["config"], ckpt)
+    if state["meta"].get("dataset") != meta["dataset"]:
+        raise ModelError(
+            f"{ckpt}: trained on {state['meta'].get('dataset')}, not on {meta['dataset']}"
+        )
+    if not state["extra"].get("done"):
+        return state, False
+    student.load_state_dict(state["model"])
+    log.info("%s: reusing finished checkpoint %s", what, ckpt)
+    return state, True
+
+
 def pretrain_student(
     arch: str,
     base_dataset: FewShotDataset,
@@ -171,7 +193,7 @@ def _pretrain_student(
     `stop_after` ends this call after that many iterations with a checkpoint (time-boxed chunks).
     """
     from tinyshot.data.augment import augment_batch
-    from tinyshot.utils.checkpoint import load_checkpoint, restore, save_checkpoint
+    from tinyshot.utils.checkpoint import restore, save_checkpoint
     from tinyshot.utils.device import resolve_device
     from tinyshot.utils.seed import derive_seed, torch_generator
 
@@ -189,18 +211,9 @@ def _pretrain_student(
         dataset=dataset_fingerprint(base_dataset),
         stage="pretrain",
     )
-    state = None
-    if ckpt.is_file():
-        state = load_checkpoint(ckpt, expect={"arch": arch, "num_classes": n_cls})
-        check_resume_config(state["meta"].get("config", {}), config.semantic(), ckpt)
-        if state["meta"].get("dataset") != meta["dataset"]:
-            raise ModelError(
-                f"{ckpt}: pretrained on {state['meta'].get('dataset')}, not on {meta['dataset']}"
-            )
-        if state["extra"].get("done"):
-            student.load_state_dict(state["model"])
-            log.info("pretraining: reusing finished checkpoint %s", ckpt)
-            return student.eval()
+    state, finished = resume_state(ckpt, student, meta, "pretraining")
+    if finished:
+        return student.eval()
 
     device = resolve_device(config.device)
     data, labels = preload(base_dataset, config.input_size, config.max_per_class, config.seed)

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from tinyshot.data.base import FewShotDataset
-from tinyshot.distill.meta_train import check_finite, check_resume_config, dataset_fingerprint
-from tinyshot.errors import ConfigError, ModelError
+from tinyshot.distill.meta_train import check_finite, dataset_fingerprint
+from tinyshot.errors import ConfigError
 from tinyshot.models.students import Student, build_student
 from tinyshot.utils.logging import get_logger, progress
 
@@ -125,8 +125,8 @@ def ssl_pretrain(
     `out` is the checkpoint path; `stop_after` ends this call after that many iterations with
     a checkpoint (time-boxed chunks).
     """
-    from tinyshot.distill.pretrain_student import preload
-    from tinyshot.utils.checkpoint import load_checkpoint, restore, save_checkpoint
+    from tinyshot.distill.pretrain_student import preload, resume_state
+    from tinyshot.utils.checkpoint import restore, save_checkpoint
     from tinyshot.utils.seed import derive_seed, torch_generator
 
     config.validate()
@@ -139,18 +139,9 @@ def ssl_pretrain(
     meta = student.meta(
         config=config.semantic(), dataset=dataset_fingerprint(dataset), stage="ssl-pretrain"
     )
-    state = None
-    if ckpt.is_file():
-        state = load_checkpoint(ckpt, expect={"arch": arch, "num_classes": 1})
-        check_resume_config(state["meta"].get("config", {}), config.semantic(), ckpt)
-        if state["meta"].get("dataset") != meta["dataset"]:
-            raise ModelError(
-                f"{ckpt}: trained on {state['meta'].get('dataset')}, not on {meta['dataset']}"
-            )
-        if state["extra"].get("done"):
-            student.load_state_dict(state["model"])
-            log.info("ssl pretraining: reusing finished checkpoint %s", ckpt)
-            return student.eval()
+    state, finished = resume_state(ckpt, student, meta, "ssl pretraining")
+    if finished:
+        return student.eval()
 
     data, _ = preload(dataset, config.input_size)
     student.train()
