@@ -8,6 +8,8 @@ judged fidelity per class, NTI PSNR and gain over plain CFG per class, and the n
 
     PYTHONPATH=src python scripts/nti_fidelity_sweep.py \\
         src/tinyshot/assets/generators/fashion-mnist-known runs/nti-sweep 1.0 0.3 0.1
+
+STEPS=6 samples (and inverts) at 6 DDIM steps instead of the demo's count.
 """
 
 from __future__ import annotations
@@ -48,7 +50,10 @@ def main(gen_dir: str, out: Path, lrs: list[float]) -> list[dict]:
     rows, tokens = [], None
     for i, lr in enumerate(lrs):
         model = load_diffusion_model(gen_dir, device="cpu")
-        spec = SpecializeConfig.from_dict({**pipe.specialize, "nti_lr": lr, "seed": seed})
+        steps = int(os.environ.get("STEPS", pipe.specialize["num_inference_steps"]))
+        spec = SpecializeConfig.from_dict(
+            {**pipe.specialize, "nti_lr": lr, "seed": seed, "num_inference_steps": steps}
+        )
         d = out / f"lr{lr:g}"
         if tokens is not None and not (d / "spec" / "tokens.safetensors").exists():
             (d / "spec").mkdir(parents=True, exist_ok=True)
@@ -69,6 +74,7 @@ def main(gen_dir: str, out: Path, lrs: list[float]) -> list[dict]:
             })  # fmt: skip
             row = {
                 "nti_lr": lr,
+                "ddim_steps": steps,
                 "method": method,
                 "judged_mean": share["mean"],
                 "judged_per_class": share["per_class"],

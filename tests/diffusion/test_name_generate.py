@@ -10,6 +10,7 @@ from tinyshot.diffusion.generate import generate, generate_from_names, name_prom
 from tinyshot.diffusion.model import build_tiny_diffusion_model
 from tinyshot.diffusion.store import ImageStore
 from tinyshot.errors import ConfigError
+from tinyshot.pipeline.episode import PipelineConfig
 
 
 @pytest.fixture(scope="module")
@@ -105,10 +106,12 @@ def test_sampling_at_untested_step_counts_warns(model, tmp_path, monkeypatch, ca
     from tinyshot.diffusion.pretrain import default_generator_path
 
     shipped = load_diffusion_model(default_generator_path("fashion-mnist-known"), device="cpu")
-    assert shipped.fidelity_record["steps"] == 10
-    assert gen_mod.warn_untested_steps(shipped, 10) is None
+    assert (
+        shipped.fidelity_record["steps"] == 6 == PipelineConfig().specialize["num_inference_steps"]
+    )
+    assert gen_mod.warn_untested_steps(shipped, 6) is None
     msg = gen_mod.warn_untested_steps(shipped, 25)
-    assert msg is not None and "25 DDIM steps" in msg and "measured at 10" in msg
+    assert msg is not None and "25 DDIM steps" in msg and "measured at 6" in msg
     assert gen_mod.warn_untested_steps(model, 25) is None  # no record: nothing to compare
     monkeypatch.setattr(model, "fidelity_record", {"steps": 2})
     with caplog.at_level("WARNING"):

@@ -218,7 +218,7 @@ def _artifacts_digest(artifacts: Sequence[ClassArtifact]) -> str:
 def warn_untested_steps(model: DiffusionModel, steps: int) -> str | None:
     """Warn when sampling at another DDIM step count than the one the model's own fidelity
     check measured: a small generator can draw its classes at that count and not at others
-    (the shipped Fashion-MNIST one: judged 86% of `name` images at 10 steps, 52% at 25)."""
+    (the shipped Fashion-MNIST one: TI images 82% teacher-agreed at 6 steps, 69% at 10)."""
     rec = model.fidelity_record or {}
     measured = rec.get("steps")
     if not isinstance(measured, int) or measured == int(steps):

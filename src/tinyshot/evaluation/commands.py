@@ -144,7 +144,7 @@ def _register_fidelity(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--guidance", type=float, nargs="+", default=[3.0],
                    help="classifier-free guidance scale(s) (default 3, the demo's)")  # fmt: skip
-    p.add_argument("--steps", type=int, default=10, help="DDIM steps (default 10, the demo's)")
+    p.add_argument("--steps", type=int, default=6, help="DDIM steps (default 6, the demo's)")
     p.add_argument("--n", type=int, default=50, help="samples per class caption (default 50)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the result to this JSON file")
