@@ -16,9 +16,11 @@ import os
 from pathlib import Path
 
 import torch
+from ti_agreement_sweep import images_dir
 
 from tinyshot.data.episode_io import read_episodes
 from tinyshot.data.transforms import crop_generator_frame, images_to_tensor, tensor_to_pil
+from tinyshot.diffusion.config import DEMO_DDIM_STEPS
 from tinyshot.diffusion.store import ImageStore
 from tinyshot.evaluation.frechet import (
     EFFNET_METRIC,
@@ -35,7 +37,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("sweep", type=Path, help="the OUT folder of ti_agreement_sweep.py")
     p.add_argument("--guidance", type=float, nargs="+", default=[3.0])
-    p.add_argument("--ddim-steps", type=int, nargs="+", default=[10])
+    p.add_argument("--ddim-steps", type=int, nargs="+", default=[DEMO_DDIM_STEPS])
     p.add_argument("--episodes", type=int, default=2)
     p.add_argument("--ti", default="150:0.01", help="STEPS:LR of the TI run to read")
     a = p.parse_args()
@@ -57,8 +59,7 @@ def main() -> None:
         for k in a.ddim_steps:
             fds = []
             for e in range(a.episodes):
-                d = a.sweep / str(e) / f"ti{steps}-lr{float(lr):g}"
-                store = ImageStore(d / (f"g{g:g}" if k == 10 else f"g{g:g}-s{k}"))
+                store = ImageStore(images_dir(a.sweep / str(e), int(steps), float(lr), g, k))
                 for c, name in enumerate(eps[e].classes):
                     x = crop_generator_frame(images_to_tensor(store.load_images(c)), prep)
                     fake = features([tensor_to_pil(i) for i in x])

@@ -11,7 +11,8 @@ and labelled by the episode's teacher (the pipeline's, supports set) and by the 
     PYTHONPATH=src python scripts/ti_agreement_sweep.py runs/ti-sweep --episodes 2 \\
         --ti 150:0.01 --guidance 3 --ddim-steps 10 25 50
 
-`--ddim-steps` samples at each DDIM step count as well (default: the demo's, 10).
+`--ddim-steps` samples at each DDIM step count as well (default: the demo's, 6; rows and
+folders of runs before 2026-12-03 are at 10).
 `--query-split novel-test --seed 0` runs on the benchmark's test-split episodes (the same
 supports and per-episode seeds as `tinyshot benchmark --split novel-pool --query-split
 novel-test`), to measure a setting chosen on the train split.
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 
 from tinyshot.data.transforms import crop_generator_frame
-from tinyshot.diffusion.config import SpecializeConfig
+from tinyshot.diffusion.config import DEMO_DDIM_STEPS, SpecializeConfig
 from tinyshot.diffusion.generate import generate
 from tinyshot.diffusion.model import load_diffusion_model
 from tinyshot.diffusion.specialize import specialize
@@ -53,6 +54,12 @@ from tinyshot.pipeline.episode import (
 from tinyshot.utils.io import read_json, write_json
 from tinyshot.utils.logging import setup_logging
 from tinyshot.utils.seed import derive_seed
+
+
+def images_dir(work: Path, ti_steps: int, lr: float, guidance: float, ddim_steps: int) -> Path:
+    """Where one setting's images go (10 steps, the first sweeps' only count, has no suffix)."""
+    d = work / f"ti{ti_steps}-lr{lr:g}"
+    return d / (f"g{guidance:g}" if ddim_steps == 10 else f"g{guidance:g}-s{ddim_steps}")
 
 
 def _key(r: dict) -> tuple[int, float, float, int]:
@@ -98,7 +105,7 @@ def run_episode(
                 continue
             store = generate(
                 model, arts, method="ti", n_per_class=50,
-                out_dir=d / (f"g{g:g}" if ddim == 10 else f"g{g:g}-s{ddim}"), batch_size=100,
+                out_dir=images_dir(work, steps, lr, g, ddim), batch_size=100,
                 seed=derive_seed(ep_seed, "generate") % 2**31, guidance=g, steps=ddim,
             )  # fmt: skip
             raw, _ = store.load_tensor()
@@ -160,7 +167,7 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=2)
     p.add_argument("--ti", nargs="+", default=["150:0.01", "500:0.01"], help="STEPS:LR")
     p.add_argument("--guidance", type=float, nargs="+", default=[3.0, 5.0, 7.5])
-    p.add_argument("--ddim-steps", type=int, nargs="+", default=[10])
+    p.add_argument("--ddim-steps", type=int, nargs="+", default=[DEMO_DDIM_STEPS])
     p.add_argument(
         "--spacing", choices=["leading", "trailing", "linspace"], default=None,
         help="DDIM timestep spacing (default: the pipeline's, trailing); use a fresh OUT per value",

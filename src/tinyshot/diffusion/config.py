@@ -12,6 +12,10 @@ OPTIMIZERS = ("adamw", "adam")
 UPSCALE_MODES = ("auto", "sr", "bilinear")
 SR_MODELS = ("x4plus", "animevideov3")
 SPACINGS = ("leading", "trailing", "linspace")
+# The offline demo's DDIM step count: the shipped concept-known generator draws its classes
+# better at 6 steps than at 10 or more (docs/generator.md, "Fewer DDIM steps"), and its
+# fidelity record is measured there. PipelineConfig and `tinyshot fidelity` both read it.
+DEMO_DDIM_STEPS = 6
 
 
 @dataclass

@@ -128,6 +128,8 @@ def cmd_plan_eval(args: argparse.Namespace) -> int:
 
 
 def _register_fidelity(sub: argparse._SubParsersAction) -> None:
+    from tinyshot.diffusion.config import DEMO_DDIM_STEPS
+
     p = sub.add_parser(
         "fidelity",
         help="class fidelity of a generator: share of 'a photo of a {name}' samples judged "
@@ -144,7 +146,8 @@ def _register_fidelity(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--guidance", type=float, nargs="+", default=[3.0],
                    help="classifier-free guidance scale(s) (default 3, the demo's)")  # fmt: skip
-    p.add_argument("--steps", type=int, default=6, help="DDIM steps (default 6, the demo's)")
+    p.add_argument("--steps", type=int, default=DEMO_DDIM_STEPS,
+                   help=f"DDIM steps (default {DEMO_DDIM_STEPS}, the demo's)")  # fmt: skip
     p.add_argument("--n", type=int, default=50, help="samples per class caption (default 50)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the result to this JSON file")

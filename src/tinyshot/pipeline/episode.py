@@ -41,6 +41,7 @@ from tinyshot.data.transforms import (
     images_to_uint8,
     teacher_view,
 )
+from tinyshot.diffusion.config import DEMO_DDIM_STEPS
 from tinyshot.errors import ConfigError
 from tinyshot.utils.device import resolve_device
 from tinyshot.utils.io import read_json, write_json
@@ -81,9 +82,8 @@ class PipelineConfig:
             "ti_steps": 150,
             "ti_lr": 1e-2,  # a larger step for the short CPU budget
             "ti_batch_size": 5,
-            # the shipped generators draw their classes better at 6 steps than at 10 or more
-            # (docs/generator.md, "DDIM steps"); NTI still beats plain CFG by 9.9-15.1 dB there
-            "num_inference_steps": 6,
+            # NTI still beats plain CFG by 9.9-15.1 dB at this count (docs/generator.md)
+            "num_inference_steps": DEMO_DDIM_STEPS,
             "guidance": 3.0,
             "nti_inner_steps": 10,
             "nti_lr": 1.0,  # this small text encoder needs a larger step than SD's
