@@ -327,7 +327,8 @@ def test_shipped_concept_known_generator():
     recorded = info["fidelity"]["by_guidance"]["3"]
     judge, jinfo = load_judge("fashion-mnist")
     novel = {c: info["class_captions"][c] for c in ("Trouser", "Bag", "Sneaker")}
-    res = class_fidelity(generator_sampler(d, 10, 3.0, seed=7), judge, novel,
+    steps = info["fidelity"]["steps"]
+    res = class_fidelity(generator_sampler(d, steps, 3.0, seed=7), judge, novel,
                          jinfo["class_names"], n_per_class=10)  # fmt: skip
     want = np.mean([recorded["per_class"][c] for c in novel])
     assert abs(res["mean"] - want) <= 0.25

@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from tinyshot.errors import ConfigError, DataError
-from tinyshot.evaluation.fidelity import class_fidelity, load_judge, predict, train_judge
+from tinyshot.evaluation.fidelity import (
+    class_fidelity,
+    generator_sampler,
+    generator_spacing,
+    load_judge,
+    measure_generator,
+    predict,
+    train_judge,
+)
 
 
 class BrightnessJudge(torch.nn.Module):
@@ -63,3 +71,44 @@ def test_shipped_judge_scores_what_it_records():
     assert abs(acc - info["test_accuracy"]) < 0.03  # same judge, a 2000-image subset
     with pytest.raises(ConfigError, match="no judge checkpoint"):
         load_judge("cifar-fs")
+
+
+def _shipped_known():
+    from tinyshot.diffusion.pretrain import default_generator_path
+
+    d = default_generator_path("fashion-mnist-known")
+    if not (d / "unet" / "diffusion_pytorch_model.safetensors").is_file():
+        pytest.skip("shipped generator weights not present")
+    return d
+
+
+def test_fidelity_samples_with_the_pipelines_spacing():
+    """The check must judge the sampler that makes the method's images: the pipeline resolves
+    the shipped generator's spacing to trailing although its scheduler config says leading."""
+    from diffusers import DDIMScheduler
+
+    from tinyshot.diffusion.ddim import resolve_spacing
+    from tinyshot.diffusion.model import load_diffusion_model
+
+    d = _shipped_known()
+    assert DDIMScheduler.load_config(d / "scheduler")["timestep_spacing"] == "leading"
+    model = load_diffusion_model(d, device="cpu")
+    assert generator_spacing(d) == resolve_spacing(model, None) == "trailing"
+    assert generator_spacing(d, "leading") == "leading"
+    cap = ["a photo of a bag"]
+    default = generator_sampler(d, 2, 3.0, seed=1)(cap, 2)
+    trailing = generator_sampler(d, 2, 3.0, seed=1, timestep_spacing="trailing")(cap, 2)
+    leading = generator_sampler(d, 2, 3.0, seed=1, timestep_spacing="leading")(cap, 2)
+    assert torch.equal(default, trailing)
+    assert (default - leading).abs().max() > 0.05  # 2 steps: t = 999, 499 against 501, 1
+
+
+def test_measure_generator_reports_the_judges_ceiling():
+    d = _shipped_known()
+    res = measure_generator(d, guidances=(3.0,), steps=2, n_per_class=2, seed=0)
+    _, jinfo = load_judge("fashion-mnist")
+    assert res["timestep_spacing"] == "trailing" and res["steps"] == 2
+    assert res["judge_real_recall"] == jinfo["test_accuracy_per_class"]
+    r = res["by_guidance"]["3"]
+    assert set(r["per_class"]) == set(jinfo["class_names"])
+    assert r["below_target"] == sorted(c for c, v in r["per_class"].items() if v < 0.85)

@@ -85,11 +85,15 @@ class DDIMSchedule:
         return int(self.timesteps.shape[0])
 
 
-def resolve_spacing(model: DiffusionModel, spacing: str | None) -> str:
-    """None -> "trailing", or "leading" where alpha_bar(T) ~ 0 makes t = T unusable."""
+def resolve_spacing(model: DiffusionModel | Any, spacing: str | None) -> str:
+    """None -> "trailing", or "leading" where alpha_bar(T) ~ 0 makes t = T unusable.
+
+    `model` is a DiffusionModel or a diffusers scheduler: the generator's own sampler
+    (`tinyshot fidelity`) must resolve spacing exactly as the pipeline does."""
     if spacing is not None:
         return spacing
-    last = float(model.scheduler.alphas_cumprod[-1])
+    sched = getattr(model, "scheduler", model)
+    last = float(sched.alphas_cumprod[-1])
     return "trailing" if last >= 1e-4 else "leading"
 
 

@@ -148,6 +148,9 @@ def _register_fidelity(sub: argparse._SubParsersAction) -> None:
                    help="classifier-free guidance scale(s) (default 3, the demo's)")  # fmt: skip
     p.add_argument("--steps", type=int, default=DEMO_DDIM_STEPS,
                    help=f"DDIM steps (default {DEMO_DDIM_STEPS}, the demo's)")  # fmt: skip
+    p.add_argument("--spacing", choices=("leading", "trailing", "linspace"),
+                   help="DDIM timestep spacing (default: the pipeline's for this generator, "
+                   "trailing for the shipped ones)")  # fmt: skip
     p.add_argument("--n", type=int, default=50, help="samples per class caption (default 50)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the result to this JSON file")
@@ -179,11 +182,17 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
         judge, info = train_judge()
         print(f"judge: {save_judge(judge, info, judge_path())} "
               f"(test accuracy {100 * info['test_accuracy']:.1f}%)")  # fmt: skip
-    res = measure_generator(folder, args.guidance, args.steps, args.n, args.seed)
+    res = measure_generator(
+        folder, args.guidance, args.steps, args.n, args.seed, timestep_spacing=args.spacing
+    )
+    print(f"{args.steps} DDIM steps, {res['timestep_spacing']} spacing, {args.n} per class")
     print(f"{'guidance':>8} {'mean':>6} {'min':>6}  per class (%)")
     for w, r in res["by_guidance"].items():
         per = ", ".join(f"{c} {100 * v:.0f}" for c, v in r["per_class"].items())
         print(f"{w:>8} {100 * r['mean']:6.1f} {100 * r['min']:6.1f}  {per}")
+    if res["judge_real_recall"]:
+        per = ", ".join(f"{c} {100 * v:.0f}" for c, v in res["judge_real_recall"].items())
+        print(f"{'judge on real test images':>22}  {per}")
     if args.json:
         write_json(args.json, res)
     if args.record:
