@@ -188,6 +188,40 @@ def test_assess_flags_the_class_drawn_at_chance_and_not_the_healthy_one(tmp_path
     assert "synthetic images from tint (fail, teacher agreement 66.7%)" in html
 
 
+def test_ti_loss_warning_only_for_generators_that_use_the_token(tmp_path):
+    # The name baseline never reads the learned token: a weak TI fit is not its problem.
+    ways, n = 2, 10
+    colours = torch.eye(3)[:ways]
+    support = (colours.repeat_interleave(2, 0)[:, :, None, None].expand(4, 3, 8, 8) * 255).to(
+        torch.uint8
+    )
+    intended = torch.arange(ways).repeat_interleave(n)
+    synth = colours[intended][:, :, None, None].expand(-1, 3, 8, 8).clone()
+    probs = F.one_hot(intended, ways).float()
+    spec = tmp_path / "spec"
+    spec.mkdir()
+    for c in range(ways):  # a 0.5% drop, under the 2% bar
+        (spec / f"{c}.json").write_text(
+            '{"stats": {"ti_loss_init": 0.01, "ti_loss_final": 0.00995}}'
+        )
+    report = assess(
+        teacher=_FlatTeacher(),
+        class_names=["cat", "dog"],
+        support=support,
+        support_labels=torch.arange(ways).repeat_interleave(2),
+        soft_labels={"name": probs, "ti": probs},
+        intended={"name": intended, "ti": intended},
+        synthetic={"name": synth, "ti": synth},
+        spec_dir=spec,
+        sources=["support", "synthetic:name", "synthetic:ti"],
+    )
+    by = {(h.generator, h.class_name): h for h in report.classes}
+    assert by[("name", "cat")].status == "ok" and by[("name", "cat")].problems == []
+    assert by[("ti", "cat")].status == "warn"
+    assert by[("ti", "cat")].ti_relative_drop == pytest.approx(0.005)
+    assert all("generator ti" in w for w in report.warnings()) and len(report.warnings()) == 2
+
+
 def test_banner_without_warnings_and_with_holdout():
     d = HealthReport(ways=2, class_names=["a", "b"], sources=["support", "base"]).to_dict()
     d["real_image_estimate"] = {

@@ -523,6 +523,7 @@ def assess(
             n, a, p = agree[c]
             s = spec.get(c, {})
             uses_nti = g == "tint"
+            uses_ti = g != "name"  # the name baseline never reads the learned token
             h = ClassHealth(
                 generator=g,
                 class_index=c,
@@ -531,8 +532,8 @@ def assess(
                 images=n,
                 agreement=a,
                 intended_prob=p,
-                ti_loss_init=s.get("ti_loss_init"),
-                ti_loss_final=s.get("ti_loss_final"),
+                ti_loss_init=s.get("ti_loss_init") if uses_ti else None,
+                ti_loss_final=s.get("ti_loss_final") if uses_ti else None,
                 nti_psnr_db=s.get("nti_psnr_db") if uses_nti else None,
                 nti_psnr_space=s.get("nti_psnr_space") if uses_nti else None,
                 support_distance=dists[c][0],
