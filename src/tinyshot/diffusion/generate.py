@@ -39,6 +39,9 @@ from tinyshot.utils.seed import derive_seed, torch_generator
 log = get_logger("diffusion.generate")
 
 METHODS = ("tint", "ti", "dafusion", "name")
+# What each method reads from specialization, so checks on TI / NTI apply only where they matter.
+USES_TOKEN = frozenset({"tint", "ti", "dafusion"})
+USES_NTI = frozenset({"tint"})
 NAME_TEMPLATE = "a photo of a {}"
 DAFUSION_STRENGTHS = (0.25, 0.5, 0.75, 1.0)
 

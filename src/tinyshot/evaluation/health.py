@@ -34,6 +34,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from tinyshot.diffusion.generate import USES_NTI, USES_TOKEN
 from tinyshot.errors import TinyshotError
 from tinyshot.utils.logging import get_logger
 
@@ -522,8 +523,7 @@ def assess(
         for c, name in enumerate(class_names):
             n, a, p = agree[c]
             s = spec.get(c, {})
-            uses_nti = g == "tint"
-            uses_ti = g != "name"  # the name baseline never reads the learned token
+            uses_nti, uses_ti = g in USES_NTI, g in USES_TOKEN
             h = ClassHealth(
                 generator=g,
                 class_index=c,
