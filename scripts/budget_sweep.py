@@ -38,6 +38,7 @@ from tinyshot.pipeline.episode import (
     build_episode_teacher,
     distill_student,
     generator_prep,
+    label_images,
     load_episode_data,
     pretrained_student_path,
     specialize_and_generate,
@@ -97,7 +98,7 @@ def run_episode(
     pretrained = pretrained_student_path(base_ds, config)
     teacher = build_episode_teacher(data, config, pretrained)
     labels = {
-        "base": pseudo_label(teacher, data.teacher_base, work / "labels" / "base.safetensors")
+        "base": label_images(teacher, data.teacher_base, work / "labels" / "base.safetensors")
     }
     tint_labels = pseudo_label(
         teacher,

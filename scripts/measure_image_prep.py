@@ -85,7 +85,7 @@ def main() -> None:
     with torch.inference_mode():
         x0 = ddim_sample(model, z, cond, lambda i, r: empty.expand(len(r), -1, -1), sched, 3.0)
         gen = (model.decode(x0) * 255).round().to(torch.uint8)
-    from tinyshot.pipeline.episode import _resize_uint8
+    from tinyshot.data.transforms import resize_uint8 as _resize_uint8
 
     real_student = (images_to_tensor(pil, 32) * 255).round().to(torch.uint8)
     print(

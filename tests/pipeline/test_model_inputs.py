@@ -18,6 +18,7 @@ from tinyshot.data.transforms import (
     ImagePrep,
     crop_generator_frame,
     frame_brightness,
+    resize_uint8,
 )
 from tinyshot.diffusion.model import read_image_prep
 from tinyshot.diffusion.pretrain import default_generator_path, pad_to
@@ -25,7 +26,6 @@ from tinyshot.diffusion.upscale import prepare_for_generator
 from tinyshot.errors import ConfigError
 from tinyshot.pipeline.episode import (
     PipelineConfig,
-    _resize_uint8,
     _uint8,
     build_episode_teacher,
     load_episode_data,
@@ -108,7 +108,7 @@ def test_student_and_teacher_see_generated_and_real_images_in_one_frame(novel):
     assert torch.equal(seen, real_student)
     assert frame_brightness(seen) == frame_brightness(real_student) > 0.01
     # The old path (the generator's canvas resized as is) shows the student a black frame.
-    assert frame_brightness(_resize_uint8(generated, 32)) == 0.0
+    assert frame_brightness(resize_uint8(generated, 32)) == 0.0
     # The teacher gets the 28 px originals, generated ones included.
     assert torch.equal(
         teacher_synthetic(generated.float() / 255, FASHION_PREP, 96), _uint8(pil, None)

@@ -256,3 +256,37 @@ def test_demo_paired_differences_are_per_episode_tint_minus_other():
     hr = teacher_headroom({"teacher": 0.81, "ti": 0.76, "tint": 0.80})
     table = format_table(summarize(eps, ["ti", "tint"]), None, [d], hr)
     assert "teacher headroom over the best student (tint): +1.00 points  WARNING" in table
+
+
+def test_no_stage_holds_a_whole_synthetic_set(tiny_generator, fmnist, tmp_path, monkeypatch):
+    """The episode and fit read stores through views and mapped files only (issue 31): a call
+    that loads a whole store fails the run here."""
+    from tinyshot.diffusion.store import ImageStore
+    from tinyshot.pipeline.fit import fit
+
+    def whole_store(self, *a, **k):
+        raise AssertionError("a stage loaded a whole synthetic set into memory")
+
+    real_load_images = ImageStore.load_images
+
+    def bounded(self, class_index=None, limit=None):
+        assert limit is not None, "load_images without a limit"
+        return real_load_images(self, class_index, limit)
+
+    monkeypatch.setattr(ImageStore, "load_tensor", whole_store)
+    monkeypatch.setattr(ImageStore, "load_images", bounded)
+    support_ds, query_ds, base_ds = fmnist
+    ep = sample_episode(support_ds, 2, 2, 3, seed=3, query_ds=query_ds)
+    cfg = tiny_config(tiny_generator, methods=("support+base", "tint"))
+    res = run_pipeline_episode(ep, support_ds, query_ds, base_ds, cfg, tmp_path / "ep", seed=1)
+    assert 0.0 <= res["tint"]["accuracy"] <= 1.0
+    mapped = np.load(tmp_path / "ep" / "student_images" / "tint.npy", mmap_mode="r")
+    assert mapped.shape == (2 * 6, 3, 16, 16) and mapped.dtype == np.uint8
+
+    data = tmp_path / "data"
+    for c in ("cat", "dog"):
+        (data / c).mkdir(parents=True)
+        for i in range(3):
+            support_ds.load_image(i + (3 if c == "dog" else 0)).save(data / c / f"{i}.png")
+    fit(data, tmp_path / "fit", tiny_config(tiny_generator, methods=("tint",)), seed=0)
+    assert (tmp_path / "fit" / "student_images" / "tint.npy").is_file()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -99,6 +99,16 @@ class ImagePrep:
         if not 0 <= int(self.pad_value) <= 255:
             raise ConfigError(f"image_prep pad_value must be in [0, 255], got {self.pad_value}")
 
+    def at_side(self, side: int) -> ImagePrep:
+        """This preparation for the generator's images shrunk to `side` (an image store keeps
+        large images shrunk, diffusion.store): a pad frame shrinks with them."""
+        if self.size is None or side == self.size:
+            return self
+        content = self.content_size
+        if content is not None:
+            content = max(1, round(content * side / self.size))
+        return replace(self, size=side, content_size=content)
+
     @property
     def content(self) -> int | None:
         """Side of the real image inside the canvas (pad mode); None when it fills the canvas."""
@@ -170,6 +180,18 @@ def crop_generator_frame(images: torch.Tensor, prep: ImagePrep) -> torch.Tensor:
             grey = grey.to(images.dtype)
         images = grey.expand_as(images)
     return images.contiguous()
+
+
+def resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(N,C,H,W) uint8 or float [0,1] -> uint8 (N,C,size,size), antialiased bilinear: how a
+    teacher's large inputs and a store's large images are shrunk."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x if x.dtype == torch.uint8 else (x.clamp(0, 1) * 255).round().to(torch.uint8)
+    xf = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    y = torch.nn.functional.interpolate(
+        xf, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+    )
+    return (y.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def frame_brightness(images: torch.Tensor, width: int = 2) -> float:

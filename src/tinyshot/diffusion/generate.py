@@ -248,11 +248,13 @@ def generate(
     steps: int | None = None,
     strengths: Sequence[float] = DAFUSION_STRENGTHS,
     show_progress: bool | None = None,
+    store_size: int | None = None,
 ) -> ImageStore:
     """Generate n_per_class images per class into out_dir (PNGs + manifest.jsonl); resumable.
 
     guidance/steps default to the specialization's; TINT requires them (its null embeddings
-    were optimized for that guidance and those timesteps).
+    were optimized for that guidance and those timesteps). store_size: images larger than
+    that side are kept shrunk to it (diffusion.store); None keeps the generated size.
     """
     if method not in METHODS:
         raise ConfigError(f"method must be one of {METHODS}, got {method!r}")
@@ -280,6 +282,7 @@ def generate(
             steps=steps or a0.num_inference_steps,
             timestep_spacing=a0.timestep_spacing,
             show_progress=show_progress,
+            store_size=store_size,
         )
     for a in artifacts:
         if a.num_support < 1:
@@ -343,6 +346,7 @@ def generate(
         batch_size,
         seed,
         show_progress,
+        store_size,
     )
 
 
@@ -356,9 +360,12 @@ def _fill_store(
     batch_size: int,
     seed: int,
     show_progress: bool | None,
+    store_size: int | None = None,
 ) -> ImageStore:
     """Sample every missing (class, index) item into out_dir's store, batch by batch."""
     method = ctx.method
+    if store_size is not None and store_size < model.resolution:
+        settings = {**settings, "store_size": int(store_size)}
     store = ImageStore.create_or_resume(out_dir, settings, growable=("n_per_class",))
     n = len(class_names)
     items = [(c, j) for j in range(n_per_class) for c in range(n)]
@@ -438,6 +445,7 @@ def generate_from_names(
     steps: int = 10,
     timestep_spacing: str | None = None,
     show_progress: bool | None = None,
+    store_size: int | None = None,
 ) -> ImageStore:
     """The `name` baseline: fresh noise, "a photo of a {class name}", the empty-prompt null;
     needs no specialization. Resumable and batch-independent like `generate` (same noise draws
@@ -494,8 +502,9 @@ def generate_from_names(
         "resolution": model.resolution,
     }
     return _fill_store(
-        model, ctx, names, settings, out_dir, n_per_class, batch_size, seed, show_progress
-    )
+        model, ctx, names, settings, out_dir, n_per_class, batch_size, seed, show_progress,
+        store_size,
+    )  # fmt: skip
 
 
 @torch.inference_mode()

@@ -1,11 +1,23 @@
 """On-disk synthetic image set: PNGs under images/<class>/ plus manifest.jsonl and
 generation.json (the settings). Each manifest line is appended only after its PNG is in
-place, so a killed job leaves a consistent set that generation resumes from."""
+place, so a killed job leaves a consistent set that generation resumes from.
+
+A store made with `store_size` in its settings keeps images larger than that side shrunk to
+it (antialiased bilinear, the teacher's own resize): no consumer looks at more pixels (the
+pipeline sets it to the larger of the teacher's and the student's input sizes), and 20,000
+SD 1.5 images at 512 px would take 8-16 GB as PNGs against 1.5-3 GB at 224 px
+(docs/pipeline.md, "Memory and disk at scale").
+
+Consumers read a store through a `StoreView`: the images as one model sees them, decoded
+slice by slice, so no stage holds a whole synthetic set in memory.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -13,6 +25,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from tinyshot.data.transforms import (
+    ImagePrep,
+    crop_generator_frame,
+    images_to_uint8,
+    resize_uint8,
+)
 from tinyshot.errors import ConfigError, DataError
 from tinyshot.utils.io import atomic_write, read_json, write_json
 
@@ -64,9 +82,19 @@ class ImageStore:
             write_json(path, settings)
         return cls(root)
 
-    def write(self, records: list[dict[str, Any]], images: np.ndarray) -> None:
+    @property
+    def store_size(self) -> int | None:
+        """Side that larger images are shrunk to on writing; None keeps the generated size."""
+        size = self.settings.get("store_size")
+        return None if size is None else int(size)
+
+    def write(self, records: list[dict[str, Any]], images: Sequence[np.ndarray]) -> None:
         """Write PNGs (atomically) and then append their manifest lines in one write."""
+        limit = self.store_size
         for rec, arr in zip(records, images):
+            if limit is not None and max(arr.shape[:2]) > limit:
+                t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None]
+                arr = resize_uint8(t, limit)[0].permute(1, 2, 0).numpy()
             atomic_write(
                 self.root / rec["path"],
                 lambda p, a=arr: Image.fromarray(a).save(p, format="PNG", compress_level=1),
@@ -121,6 +149,20 @@ class ImageStore:
             if class_index is None or int(r["class_index"]) == class_index
         ]
 
+    def content_digest(self, items: Sequence[StoreItem] | None = None) -> str:
+        """sha256 of the image files' bytes with their classes, in order (read once per item
+        list: a teacher's and a student's view of one store share it)."""
+        items = self.items() if items is None else items
+        key = tuple((it.class_index, str(it.path)) for it in items)
+        cache = self.__dict__.setdefault("_digests", {})
+        if key not in cache:
+            h = hashlib.sha256()
+            for it in items:
+                h.update(f"{it.class_index}:{it.path.name}:".encode())
+                h.update(it.path.read_bytes())
+            cache[key] = h.hexdigest()
+        return cache[key]
+
     @property
     def class_names(self) -> list[str]:
         return list(self.settings.get("class_names", []))
@@ -128,15 +170,19 @@ class ImageStore:
     def __len__(self) -> int:
         return len(self.records())
 
-    def load_images(self, class_index: int | None = None) -> list[Image.Image]:
+    def load_images(
+        self, class_index: int | None = None, limit: int | None = None
+    ) -> list[Image.Image]:
+        """The first `limit` images (all when None), as stored."""
         out = []
-        for it in self.items(class_index):
+        for it in self.items(class_index)[:limit]:
             with Image.open(it.path) as im:
                 out.append(im.convert("RGB"))
         return out
 
     def load_tensor(self, class_index: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N,3,H,W) float in [0,1] and (N,) int64 class indices."""
+        """(N,3,H,W) float in [0,1] and (N,) int64 class indices: the whole set in memory, for
+        small sets only (tests, sweeps); the pipeline reads through a StoreView."""
         items = self.items(class_index)
         if not items:
             return torch.empty(0, 3, 1, 1), torch.empty(0, dtype=torch.long)
@@ -146,3 +192,73 @@ class ImageStore:
                 arrs.append(np.asarray(im.convert("RGB")))
         x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float() / 255.0
         return x, torch.tensor([it.class_index for it in items], dtype=torch.long)
+
+
+VIEW_MODES = ("shrink", "exact")
+
+
+class StoreView:
+    """A store's images as one model sees them, decoded from disk slice by slice.
+
+    Indexable like a uint8 image tensor: `view[a:b]` or `view[index_tensor]` gives
+    (n,3,S,S) uint8. Each image loses the generator's pad frame (crop_generator_frame, scaled
+    when the store shrank the images), then mode "shrink" (a teacher) shrinks images larger
+    than `size` with resize_uint8, and mode "exact" (a student) brings every image to `size`
+    by the resize its real images get (images_to_uint8), so a generated image equal to a
+    prepared support is exactly that support to the student.
+    """
+
+    def __init__(
+        self, store: ImageStore, prep: ImagePrep, size: int | None, mode: str = "shrink"
+    ) -> None:
+        if mode not in VIEW_MODES:
+            raise ConfigError(f"view mode must be one of {VIEW_MODES}, got {mode!r}")
+        if mode == "exact" and size is None:
+            raise ConfigError("an exact-size view needs a size")
+        self.store, self.prep, self.size, self.mode = store, prep, size, mode
+        self.items = store.items()
+        self.labels = torch.tensor([it.class_index for it in self.items], dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        side = self.size if self.mode == "exact" else None
+        return (len(self), 3, side or -1, side or -1)
+
+    def __getitem__(self, key: slice | torch.Tensor | Sequence[int]) -> torch.Tensor:
+        if isinstance(key, slice):
+            rows = range(*key.indices(len(self)))
+        else:
+            rows = torch.as_tensor(key).view(-1).tolist()
+        return self.load([self.items[i] for i in rows])
+
+    def load(self, items: Sequence[StoreItem]) -> torch.Tensor:
+        if not items:
+            side = self.size or 1
+            return torch.empty(0, 3, side, side, dtype=torch.uint8)
+        arrs = []
+        for it in items:
+            with Image.open(it.path) as im:
+                arrs.append(np.asarray(im.convert("RGB")))
+        sides = {a.shape[:2] for a in arrs}
+        if len(sides) != 1:
+            raise DataError(f"{self.store.root}: images of different sizes {sorted(sides)}")
+        x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2)
+        x = crop_generator_frame(x, self.prep.at_side(x.shape[-1]))
+        if self.mode == "exact":
+            if x.shape[-2:] == (self.size, self.size):
+                return x.contiguous()
+            pil = [Image.fromarray(a) for a in x.permute(0, 2, 3, 1).numpy()]
+            return images_to_uint8(pil, self.size)
+        if self.size is not None and x.shape[-1] > self.size:
+            return resize_uint8(x, self.size)
+        return x.contiguous()
+
+    def source_id(self) -> str:
+        """sha256 of the view's settings and of the store's image files: it changes whenever
+        what the model sees would (a cache key for pseudo-labels and image files)."""
+        view = {"mode": self.mode, "size": self.size, "prep": self.prep.to_dict()}
+        key = json.dumps({**view, "images": self.store.content_digest(self.items)}, sort_keys=True)
+        return hashlib.sha256(key.encode()).hexdigest()

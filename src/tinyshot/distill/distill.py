@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from tinyshot.data.augment import augment_batch
 from tinyshot.distill.config import DistillConfig
+from tinyshot.distill.image_cache import ImageSubset
 from tinyshot.errors import ConfigError, DataError, ModelError, TrainingError
 from tinyshot.evaluation.episodic import evaluate_student
 from tinyshot.utils.checkpoint import load_checkpoint, restore, save_checkpoint
@@ -101,7 +102,7 @@ class EpochSampler:
 @dataclass
 class _Source:
     name: str
-    images: torch.Tensor  # uint8 (M,3,S,S)
+    images: torch.Tensor | ImageSubset  # uint8 (M,3,S,S), possibly memory-mapped
     targets: torch.Tensor  # int64 (M,) hard labels or float32 (M,N) probabilities
     soft: bool
     sampler: EpochSampler | None = None
@@ -110,16 +111,31 @@ class _Source:
         """Identifies the data, so a resume on other images or labels is refused."""
         from tinyshot.distill.pseudo_label import tensor_digest
 
+        images = (
+            self.images.digest()
+            if isinstance(self.images, ImageSubset)
+            else tensor_digest(self.images)
+        )
         return {
             "count": int(self.images.shape[0]),
             "labels": "soft" if self.soft else "hard",
             "target_shape": list(self.targets.shape),
-            "sha256": tensor_digest(self.images)[:16] + tensor_digest(self.targets)[:16],
+            "sha256": images[:16] + tensor_digest(self.targets)[:16],
         }
 
 
 def to_uint8_images(images: torch.Tensor, size: int, what: str) -> torch.Tensor:
-    """(M,3|1,H,W) uint8 or float [0,1] -> uint8 (M,3,size,size); resized (bilinear) if needed."""
+    """(M,3|1,H,W) uint8 or float [0,1] -> uint8 (M,3,size,size); resized (bilinear) if needed.
+    Images already uint8 at that size (a memory-mapped cache, an ImageSubset) are not copied."""
+    if isinstance(images, ImageSubset):
+        if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (3, size, size):
+            raise DataError(
+                f"{what}: an image subset must be uint8 (M,3,{size},{size}), "
+                f"got {images.dtype} {tuple(images.shape)}"
+            )
+        if len(images) == 0:
+            raise DataError(f"{what}: no images")
+        return images
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] not in (1, 3):
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise DataError(f"{what} images must be a (M,3,H,W) tensor, got {shape}")

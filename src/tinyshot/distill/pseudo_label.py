@@ -91,6 +91,22 @@ def load_soft_labels(path: str | Path) -> torch.Tensor:
     return got[0]
 
 
+def _predict(
+    teacher: Any, x: torch.Tensor, temperature: float, batch_size: int | None
+) -> torch.Tensor:
+    """Probabilities for a chunk, converted to float a few batches at a time (a chunk of
+    uint8 images at 224 px is 4x larger as floats)."""
+    step = (batch_size or 64) * max(1, 256 // (batch_size or 64))
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(x), step):
+            p = teacher.predict_proba(
+                _to_float(x[i : i + step]), temperature=temperature, batch_size=batch_size
+            )
+            out.append(p.detach().float().cpu())
+    return torch.cat(out)
+
+
 def pseudo_label(
     teacher: Any,
     images: torch.Tensor | ImageLoader,
@@ -168,9 +184,7 @@ def pseudo_label(
                 f"image loader returned {x.shape[0]} images for [{start}, {stop}) "
                 f"(expected {stop - start})"
             )
-        with torch.no_grad():
-            p = teacher.predict_proba(_to_float(x), temperature=temperature, batch_size=batch_size)
-        p = p.detach().float().cpu()
+        p = _predict(teacher, x, temperature, batch_size)
         if not torch.isfinite(p).all():
             raise DataError(
                 f"teacher returned non-finite probabilities for images [{start}, {stop})"

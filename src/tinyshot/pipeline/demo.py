@@ -275,7 +275,7 @@ def frechet_per_class(
         store = ImageStore(episode_dir / "synthetic" / g)
         per[g] = {}
         for c, name in enumerate(class_names):
-            fake = store.load_images(c)[:n]
+            fake = store.load_images(c, limit=n)
             fake = [tensor_to_pil(x) for x in crop_generator_frame(images_to_tensor(fake), prep)]
             per[g][name] = frechet_distance_features(features(fake), real[name])
     res = {

@@ -6,6 +6,7 @@ stage (and item) where it stopped:
     specialize/            TI + NTI artifacts of the episode's classes   (diffusion.specialize)
     synthetic/<gen>/       generated images per generator                 (diffusion.generate)
     labels/<source>.safetensors  teacher soft labels                      (distill.pseudo_label)
+    student_images/<gen>.npy     the images at the student's size, mapped (distill.image_cache)
     students/<method>/     distillation checkpoints, history, result      (distill.distill)
     result.json            per-method accuracy on the episode's queries
 
@@ -21,6 +22,11 @@ Each model sees its own input: the generator the images prepared as its training
 own input size when they differ in size or are larger), the student the images at its input
 size. Generated images lose a pad-mode generator's border (crop_generator_frame) before the
 teacher or the student sees them, so real and synthetic images share one frame.
+
+Memory does not grow with the synthetic count: the teacher and the health checks read the
+stores slice by slice (diffusion.store.StoreView), the student trains from a memory-mapped
+file at its input size, and base-class images reach the teacher the same way
+(docs/pipeline.md, "Memory and disk at scale").
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from tinyshot.data.episodes import Episode
 from tinyshot.data.transforms import (
     crop_generator_frame,
     images_to_uint8,
+    resize_uint8,
     teacher_view,
 )
 from tinyshot.diffusion.config import DEMO_DDIM_STEPS
@@ -62,6 +69,9 @@ STUDENT_METHODS = ("support-only", "support+base", *GENERATORS)
 METHODS = ("teacher", *STUDENT_METHODS)
 # Base-class pretrained students shipped for the demo (same file names as the cache's keys).
 SHIPPED_STUDENTS = Path(__file__).resolve().parent.parent / "assets" / "students"
+# Images per step of streamed work (teacher labelling, student image files, base images): the
+# resumable unit of pseudo-labelling; 512 images at 224 px are 77 MB as uint8.
+STREAM_CHUNK = 512
 
 
 @dataclass
@@ -174,7 +184,8 @@ class EpisodeData:
     base: torch.Tensor | None = None
     teacher_support: torch.Tensor | None = None
     teacher_query: torch.Tensor | None = None
-    teacher_base: torch.Tensor | None = None
+    # the base images as the teacher sees them, loaded slice by slice (DatasetView) or a tensor
+    teacher_base: Any = None
 
     @property
     def ways(self) -> int:
@@ -192,17 +203,17 @@ def _as_uint8(x: torch.Tensor) -> torch.Tensor:
 
 def teacher_synthetic(x: torch.Tensor, prep: Any, size: int | None) -> torch.Tensor:
     """Generated images as the teacher sees them: without the generator's pad frame, shrunk
-    only when larger than its input size."""
+    only when larger than its input size (in-memory form of StoreView's "shrink" mode)."""
     x = crop_generator_frame(_as_uint8(x), prep)
     if size is not None and x.shape[-1] > size:
-        x = _resize_uint8(x, size)
+        x = resize_uint8(x, size)
     return x
 
 
 def student_synthetic(x: torch.Tensor, prep: Any, size: int, chunk: int = 1000) -> torch.Tensor:
     """Generated images as the student sees them: without the pad frame, at its input size, by
     the same resize its real images get (_uint8), so a generated image equal to a prepared
-    support is exactly that support to the student."""
+    support is exactly that support to the student (in-memory form of StoreView's "exact")."""
     from PIL import Image
 
     x = crop_generator_frame(_as_uint8(x), prep)
@@ -220,6 +231,103 @@ def generator_prep(config: PipelineConfig) -> Any:
     from tinyshot.diffusion.model import read_image_prep
 
     return read_image_prep(resolve_generator(config.generator))
+
+
+def store_size(config: PipelineConfig) -> int | None:
+    """The side a synthetic store keeps: the largest input size of any model that reads it
+    (None when the teacher's size is left to its backbone: the generated size is kept)."""
+    if not config.teacher_input_size:
+        return None
+    return max(int(config.teacher_input_size), int(config.image_size))
+
+
+class DatasetView:
+    """Dataset images (at `indices`) as a teacher sees them (teacher_view), loaded slice by
+    slice: `view[a:b]` is uint8 (n,3,S,S)."""
+
+    def __init__(self, ds: FewShotDataset, indices: np.ndarray, size: int | None) -> None:
+        self.ds, self.indices, self.size = ds, np.asarray(indices), size
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, key: slice) -> torch.Tensor:
+        return teacher_view(self.ds.load_images(self.indices[key].tolist()), self.size)
+
+    def source_id(self) -> str:
+        import hashlib
+
+        ids = [self.ds.item_id(int(i)) for i in self.indices]
+        key = {"dataset": self.ds.name, "split": self.ds.split, "size": self.size, "items": ids}
+        return hashlib.sha256(repr(key).encode()).hexdigest()
+
+
+def load_base_images(
+    base_ds: FewShotDataset, config: PipelineConfig, seed: int
+) -> tuple[torch.Tensor, DatasetView]:
+    """config.base_images base-class images drawn with the run's seed: at the student's size in
+    memory (bounded by base_images), and for the teacher as a DatasetView."""
+    rng = np.random.default_rng(derive_seed(seed, "base"))
+    n = min(config.base_images, len(base_ds))
+    pick = np.sort(rng.choice(len(base_ds), size=n, replace=False))
+    student = torch.cat(
+        [
+            _uint8(base_ds.load_images(pick[i : i + STREAM_CHUNK].tolist()), config.image_size)
+            for i in range(0, n, STREAM_CHUNK)
+        ]
+    )
+    return student, DatasetView(base_ds, pick, config.teacher_input_size)
+
+
+def label_images(teacher: Any, images: Any, path: Path) -> torch.Tensor:
+    """Teacher soft labels of a tensor, or of a view read slice by slice (StoreView,
+    DatasetView), cached at `path` (distill.pseudo_label)."""
+    from tinyshot.distill.pseudo_label import pseudo_label
+
+    if isinstance(images, torch.Tensor):
+        return pseudo_label(teacher, images, path)
+    return pseudo_label(
+        teacher,
+        lambda a, b: images[a:b],
+        path,
+        num_images=len(images),
+        source_id=images.source_id(),
+        chunk_size=STREAM_CHUNK,
+    )
+
+
+@dataclass
+class SyntheticSet:
+    """One generator's images as the pipeline uses them; nothing here holds the set in memory."""
+
+    teacher_view: Any  # diffusion.store.StoreView at the teacher's input size
+    student: torch.Tensor  # (N,3,S,S) uint8 at the student's size, memory-mapped
+    labels: torch.Tensor  # (N, ways) teacher soft labels
+
+
+def synthetic_sets(
+    teacher: Any, stores: dict[str, Any], config: PipelineConfig, work: Path
+) -> dict[str, SyntheticSet]:
+    """Teacher labels and the student's image file of every generator's store, streamed."""
+    from tinyshot.diffusion.store import StoreView
+    from tinyshot.distill.image_cache import cached_images
+
+    prep = generator_prep(config)
+    out = {}
+    for g in config.generators:
+        seen = StoreView(stores[g], prep, teacher.input_size, "shrink")
+        labels = label_images(teacher, seen, work / "labels" / f"{g}.safetensors")
+        small = StoreView(stores[g], prep, config.image_size, "exact")
+        student = cached_images(
+            lambda a, b, v=small: v[a:b],
+            len(small),
+            config.image_size,
+            work / "student_images" / f"{g}.npy",
+            small.source_id(),
+            chunk_size=STREAM_CHUNK,
+        )
+        out[g] = SyntheticSet(seen, student, labels)
+    return out
 
 
 def load_episode_data(
@@ -253,12 +361,7 @@ def load_episode_data(
         data.query_labels = torch.from_numpy(qlab)
     uses_base = any(m not in ("teacher", "support-only") for m in config.methods)
     if uses_base and base_ds is not None and config.base_images > 0:
-        rng = np.random.default_rng(derive_seed(seed, "base"))
-        n = min(config.base_images, len(base_ds))
-        pick = np.sort(rng.choice(len(base_ds), size=n, replace=False))
-        base_pil = base_ds.load_images(pick)
-        data.base = _uint8(base_pil, size)
-        data.teacher_base = teacher_view(base_pil, tsize)
+        data.base, data.teacher_base = load_base_images(base_ds, config, seed)
     return data
 
 
@@ -299,6 +402,7 @@ def specialize_and_generate(
             artifacts = specialize(
                 model, data.support_pil, data.class_names, spec_cfg, work_dir / "specialize"
             )
+    keep = store_size(config)
     for gen in config.generators:
         with times.stage(f"generate_{gen}_s"):
             if gen == "name":
@@ -312,6 +416,7 @@ def specialize_and_generate(
                     guidance=spec_cfg.guidance,
                     steps=spec_cfg.num_inference_steps,
                     timestep_spacing=spec_cfg.timestep_spacing,
+                    store_size=keep,
                 )
                 continue
             assert artifacts is not None
@@ -324,6 +429,7 @@ def specialize_and_generate(
                 alpha=config.alpha,
                 batch_size=config.generation_batch_size,
                 seed=derive_seed(seed, "generate") % 2**31,
+                store_size=keep,
             )
     totals = times.totals()
     keys = [
@@ -505,7 +611,6 @@ def run_pipeline_episode(
 
     A finished episode (work_dir/result.json) is returned as stored.
     """
-    from tinyshot.distill.pseudo_label import pseudo_label
     from tinyshot.evaluation.episodic import evaluate_student
 
     config.validate()
@@ -531,9 +636,6 @@ def run_pipeline_episode(
     results: dict[str, dict[str, Any]] = {}
 
     gen = specialize_and_generate(data, config, work, seed)
-    raw = {g: gen[g].load_tensor()[0] for g in config.generators}
-    prep = generator_prep(config)
-    synthetic = {g: student_synthetic(x, prep, config.image_size) for g, x in raw.items()}
 
     from tinyshot.models.ensemble import uses_student
 
@@ -543,17 +645,16 @@ def run_pipeline_episode(
     pretrained = pretrained_student_path(base_ds, config) if needs_student else None
     t0 = time.perf_counter()
     teacher = build_episode_teacher(data, config, pretrained)
-    tsize = teacher.input_size
     labels: dict[str, torch.Tensor] = {}
     if data.base is not None:
         tb = data.teacher_base if data.teacher_base is not None else data.base
-        labels["base"] = pseudo_label(teacher, tb, work / "labels" / "base.safetensors")
-    teacher_seen = {g: teacher_synthetic(x, prep, tsize) for g, x in raw.items()}
-    for g, tx in teacher_seen.items():
-        labels[g] = pseudo_label(teacher, tx, work / "labels" / f"{g}.safetensors")
+        labels["base"] = label_images(teacher, tb, work / "labels" / "base.safetensors")
+    sets = synthetic_sets(teacher, gen, config, work)
+    labels.update({g: s.labels for g, s in sets.items()})
+    synthetic = {g: s.student for g, s in sets.items()}
+    teacher_seen = {g: s.teacher_view for g, s in sets.items()}
     notes = teacher_notes(config, pretrained)
     health = episode_health(teacher, data, labels, teacher_seen, gen, work, config, notes)
-    del raw, teacher_seen
     if "teacher" in config.methods:
         tq = data.teacher_query if data.teacher_query is not None else data.query
         acc = teacher_accuracy(teacher, tq, data.query_labels)
@@ -638,16 +739,6 @@ def episode_health(
     out = report.to_dict()
     write_json(work / "health.json", out)
     return out
-
-
-def _resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
-    if x.shape[-1] == size and x.shape[-2] == size:
-        return x if x.dtype == torch.uint8 else (x.clamp(0, 1) * 255).round().to(torch.uint8)
-    xf = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-    y = torch.nn.functional.interpolate(
-        xf, size=(size, size), mode="bilinear", antialias=True, align_corners=False
-    )
-    return (y.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 # ------------------------------------------------------------ benchmark runner adapter

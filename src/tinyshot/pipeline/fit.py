@@ -8,6 +8,7 @@ where it stopped):
     specialize/             TI + NTI artifacts per class
     synthetic/tint/         generated images + manifest.jsonl
     labels/*.safetensors    teacher soft labels
+    student_images/*.npy    the synthetic images at the student's size, memory-mapped
     student/                distillation checkpoints, history.json (curves), result.json
     model.onnx              the exported student (preprocessing in its metadata)
     report.html             generated samples, alpha sweep, training curve
@@ -25,6 +26,7 @@ from typing import Any
 
 import torch
 
+from tinyshot.distill.image_cache import ImageSubset
 from tinyshot.errors import ConfigError, DataError
 from tinyshot.pipeline.episode import (
     EpisodeData,
@@ -33,13 +35,14 @@ from tinyshot.pipeline.episode import (
     build_episode_teacher,
     distill_student,
     generator_prep,
+    label_images,
+    load_base_images,
     pretrained_student_path,
     resolve_generator,
     sources_of,
     specialize_and_generate,
-    student_synthetic,
+    synthetic_sets,
     teacher_notes,
-    teacher_synthetic,
     teacher_view,
 )
 from tinyshot.pipeline.report_builder import VAL_NAME
@@ -169,7 +172,6 @@ def _fit_stages(
     strict: bool = False,
     holdout: int = 0,
 ) -> dict[str, Any]:
-    from tinyshot.distill.pseudo_label import pseudo_label
     from tinyshot.models.export import export_onnx
     from tinyshot.pipeline.report_builder import build_fit_report
 
@@ -187,22 +189,11 @@ def _fit_stages(
     note_thread_count(out)
 
     if base_ds is not None and config.base_images > 0:
-        import numpy as np
-
-        rng = np.random.default_rng(derive_seed(seed, "base"))
-        pick = np.sort(
-            rng.choice(len(base_ds), size=min(config.base_images, len(base_ds)), replace=False)
-        )
-        base_pil = base_ds.load_images(pick)
-        data.base = _uint8(base_pil, config.image_size)
-        data.teacher_base = teacher_view(base_pil, config.teacher_input_size)
+        data.base, data.teacher_base = load_base_images(base_ds, config, seed)
 
     timings: dict[str, float] = {}
     gen = specialize_and_generate(data, config, out, seed)
     timings.update(gen.get("_timings", {}))
-    raw = {g: gen[g].load_tensor()[0] for g in config.generators}
-    prep = generator_prep(config)
-    synthetic = {g: student_synthetic(x, prep, config.image_size) for g, x in raw.items()}
 
     pretrained = pretrained_student_path(base_ds, config)
     t0 = time.perf_counter()
@@ -211,22 +202,23 @@ def _fit_stages(
     teacher_backbone = teacher.backbone.arch_id  # what the spec resolved to (student member?)
     labels: dict[str, torch.Tensor] = {}
     if data.base is not None:
-        labels["base"] = pseudo_label(
+        labels["base"] = label_images(
             teacher, data.teacher_base, out / "labels" / "base.safetensors"
         )
+    sets = synthetic_sets(teacher, gen, config, out)
+    synthetic: dict[str, Any] = {}
     val = None
-    all_labels = {}
-    for g, x in synthetic.items():
-        tx = teacher_synthetic(raw[g], prep, teacher_size)
-        labels[g] = pseudo_label(teacher, tx, out / "labels" / f"{g}.safetensors")
-        all_labels[g] = (tx, labels[g])
+    for g, syn in sets.items():
+        labels[g], synthetic[g] = syn.labels, syn.student
         if g == method:
             # Hold out a slice of the synthetic set; the curve is agreement with the teacher.
-            n_hold = max(data.ways, int(HOLDOUT_FRACTION * len(x)))
-            perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+            n = len(syn.student)
+            n_hold = max(data.ways, int(HOLDOUT_FRACTION * n))
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
             hold, keep = perm[:n_hold], perm[n_hold:]
-            val = (x[hold], labels[g][hold].argmax(1))
-            synthetic[g], labels[g] = x[keep], labels[g][keep]
+            val = (syn.student[hold], syn.labels[hold].argmax(1))
+            synthetic[g], labels[g] = ImageSubset(syn.student, keep), syn.labels[keep]
+    all_labels = {g: (syn.teacher_view, syn.labels) for g, syn in sets.items()}
     notes = teacher_notes(config, pretrained)
     health = _fit_health(teacher, data, all_labels, gen, out, method, held, notes)
     times.add("teacher_s", time.perf_counter() - t0)
@@ -235,6 +227,7 @@ def _fit_stages(
     if strict and health.failed:
         _stop_unhealthy(health, out)
 
+    prep = generator_prep(config)
     with times.stage("distill_s"):
         student, result = distill_student(
             method, data, labels, synthetic, pretrained, config, out / "student", seed, val,

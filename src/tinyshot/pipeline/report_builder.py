@@ -70,12 +70,13 @@ def _synthetic_rows(
         if not (folder / "manifest.jsonl").exists() and not folder.is_dir():
             continue
         try:
-            imgs = ImageStore(folder).load_images(class_index)[:SHOW_PER_GENERATOR]
+            imgs = ImageStore(folder).load_images(class_index, limit=SHOW_PER_GENERATOR)
         except Exception as e:
             log.warning("report: cannot read %s (%s)", folder, e)
             continue
         if prep is not None and imgs:
-            imgs = [tensor_to_pil(x) for x in crop_generator_frame(images_to_tensor(imgs), prep)]
+            x = images_to_tensor(imgs)
+            imgs = [tensor_to_pil(t) for t in crop_generator_frame(x, prep.at_side(x.shape[-1]))]
         report.images(f"{g} generated", imgs)
 
 
