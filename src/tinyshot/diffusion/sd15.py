@@ -176,7 +176,9 @@ def _modules(configs: dict[str, dict]) -> dict[str, torch.nn.Module]:
     }
 
 
-def _dino(width_divisor: int = 1) -> torch.nn.Module:
+def _dino(width_divisor: int = 1, full_input: bool = False) -> torch.nn.Module:
+    """DINO ViT-B/16; width_divisor > 1 shrinks it to 2 layers at 32 px with 8 px patches, or,
+    with full_input, keeps the real 224 px input and 16 px patches (196 tokens, as DINO)."""
     from transformers import ViTConfig, ViTModel
 
     cfg = dict(DINO_VITB16)
@@ -187,9 +189,9 @@ def _dino(width_divisor: int = 1) -> torch.nn.Module:
             intermediate_size=4 * hidden,
             num_hidden_layers=2,
             num_attention_heads=4,
-            image_size=32,
-            patch_size=8,
         )
+        if not full_input:
+            cfg.update(image_size=32, patch_size=8)
     return ViTModel(ViTConfig(**cfg), add_pooling_layer=False)
 
 
@@ -208,14 +210,19 @@ def _init_device(device: torch.device) -> torch.device:
 
 
 def save_dino_folder(
-    folder: str | Path, seed: int = 0, width_divisor: int = 1, device: str = "cpu"
+    folder: str | Path,
+    seed: int = 0,
+    width_divisor: int = 1,
+    device: str = "cpu",
+    full_input: bool = False,
 ) -> Path:
-    """A random-weight DINO ViT-B/16 (`ViTModel`, no pooler) + its preprocessor config."""
+    """A random-weight DINO ViT-B/16 (`ViTModel`, no pooler) + its preprocessor config
+    (full_input: a reduced width keeps the real input size, see _dino)."""
     dev = _init_device(resolve_device(device))
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(seed)
         with dev:
-            model = _dino(width_divisor)
+            model = _dino(width_divisor, full_input)
     folder = Path(folder)
     model.save_pretrained(folder)
     prep = dict(DINO_PREPROCESSOR)

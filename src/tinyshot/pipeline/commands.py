@@ -21,6 +21,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_evaluate(sub)
 
 
+def register_bench(bench_sub: argparse._SubParsersAction) -> None:
+    p = bench_sub.add_parser(
+        "scale",
+        help="memory, disk and time of fit's stages at N synthetic images",
+        description="Write N synthetic images in the store's format, then run every stage of "
+        "`fit` that reads them (teacher labels, the student's image file, health checks, "
+        "distillation for a few iterations, export, report) at the paper preset's sizes with "
+        "a reduced-width random DINO teacher; prints seconds per image, disk use and, last, "
+        "the peak RSS (docs/pipeline.md, 'Memory and disk at scale').",
+    )
+    p.add_argument("--images", type=int, required=True, help="synthetic images N")
+    p.add_argument("--size", type=int, default=512, help="generated side in px (default 512)")
+    p.add_argument("--iterations", type=int, default=3, help="distillation iterations")
+    p.add_argument("--student", help="student architecture (default: the paper's resnet12)")
+    p.add_argument("--out", help="folder (default runs/bench-scale/N-SIZE; replaced)")
+    p.add_argument("--json", action="store_true", help="print the JSON instead of the table")
+    p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.set_defaults(func=_bench_scale)
+
+
+def _bench_scale(args: argparse.Namespace) -> int:
+
+    from tinyshot.pipeline.scale_bench import format_table, run_scale_bench
+
+    if args.images < 5 or args.size < 16:
+        raise ConfigError("bench scale: --images must be >= 5 and --size >= 16")
+    res = run_scale_bench(
+        args.images, args.size, args.out, iterations=args.iterations, student=args.student
+    )
+    print(json.dumps(res, indent=2) if args.json else format_table(res))
+    return 0
+
+
 # ------------------------------------------------------------------ demo and fit
 
 

@@ -306,28 +306,36 @@ class SyntheticSet:
 
 
 def synthetic_sets(
-    teacher: Any, stores: dict[str, Any], config: PipelineConfig, work: Path
+    teacher: Any,
+    stores: dict[str, Any],
+    config: PipelineConfig,
+    work: Path,
+    times: StageTimes | None = None,
 ) -> dict[str, SyntheticSet]:
-    """Teacher labels and the student's image file of every generator's store, streamed."""
+    """Teacher labels and the student's image file of every generator's store, streamed
+    (timed as teacher_s and student_images_s when `times` is given)."""
     from tinyshot.diffusion.store import StoreView
     from tinyshot.distill.image_cache import cached_images
 
+    times = times or StageTimes(work)
     prep = generator_prep(config)
-    out = {}
-    for g in config.generators:
-        seen = StoreView(stores[g], prep, teacher.input_size, "shrink")
-        labels = label_images(teacher, seen, work / "labels" / f"{g}.safetensors")
-        small = StoreView(stores[g], prep, config.image_size, "exact")
-        student = cached_images(
-            lambda a, b, v=small: v[a:b],
-            len(small),
-            config.image_size,
-            work / "student_images" / f"{g}.npy",
-            small.source_id(),
-            chunk_size=STREAM_CHUNK,
-        )
-        out[g] = SyntheticSet(seen, student, labels)
-    return out
+    seen, labels, student = {}, {}, {}
+    with times.stage("teacher_s"):
+        for g in config.generators:
+            seen[g] = StoreView(stores[g], prep, teacher.input_size, "shrink")
+            labels[g] = label_images(teacher, seen[g], work / "labels" / f"{g}.safetensors")
+    with times.stage("student_images_s"):
+        for g in config.generators:
+            small = StoreView(stores[g], prep, config.image_size, "exact")
+            student[g] = cached_images(
+                lambda a, b, v=small: v[a:b],
+                len(small),
+                config.image_size,
+                work / "student_images" / f"{g}.npy",
+                small.source_id(),
+                chunk_size=STREAM_CHUNK,
+            )
+    return {g: SyntheticSet(seen[g], student[g], labels[g]) for g in config.generators}
 
 
 def load_episode_data(

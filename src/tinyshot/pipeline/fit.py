@@ -172,8 +172,6 @@ def _fit_stages(
     strict: bool = False,
     holdout: int = 0,
 ) -> dict[str, Any]:
-    from tinyshot.models.export import export_onnx
-    from tinyshot.pipeline.report_builder import build_fit_report
 
     t_start = time.perf_counter()
     held = None
@@ -191,21 +189,48 @@ def _fit_stages(
     if base_ds is not None and config.base_images > 0:
         data.base, data.teacher_base = load_base_images(base_ds, config, seed)
 
-    timings: dict[str, float] = {}
     gen = specialize_and_generate(data, config, out, seed)
-    timings.update(gen.get("_timings", {}))
+    timings = dict(gen.pop("_timings", {}))
+    return finish_fit(
+        data, gen, out, config, method, seed, times, timings, base_ds, strict, held, shots,
+        t_start,
+    )  # fmt: skip
 
+
+def finish_fit(
+    data: EpisodeData,
+    stores: dict[str, Any],
+    out: Path,
+    config: PipelineConfig,
+    method: str,
+    seed: int,
+    times: StageTimes,
+    timings: dict[str, float],
+    base_ds: Any = None,
+    strict: bool = False,
+    held: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None,
+    shots: list[int] | None = None,
+    t_start: float | None = None,
+) -> dict[str, Any]:
+    """Every stage of `fit` that reads the synthetic images (teacher labels, the student's
+    image files, health checks, distillation, export, report), given the generated stores;
+    `tinyshot bench scale` runs exactly this on stores of any size."""
+    from tinyshot.models.export import export_onnx
+    from tinyshot.pipeline.report_builder import build_fit_report
+
+    t_start = time.perf_counter() if t_start is None else t_start
+    shots = shots or [len(x) for x in data.support_pil]
     pretrained = pretrained_student_path(base_ds, config)
-    t0 = time.perf_counter()
-    teacher = build_episode_teacher(data, config, pretrained)
-    teacher_size = int(teacher.input_size)
-    teacher_backbone = teacher.backbone.arch_id  # what the spec resolved to (student member?)
-    labels: dict[str, torch.Tensor] = {}
-    if data.base is not None:
-        labels["base"] = label_images(
-            teacher, data.teacher_base, out / "labels" / "base.safetensors"
-        )
-    sets = synthetic_sets(teacher, gen, config, out)
+    with times.stage("teacher_s"):
+        teacher = build_episode_teacher(data, config, pretrained)
+        teacher_size = int(teacher.input_size)
+        teacher_backbone = teacher.backbone.arch_id  # the spec as resolved (student member?)
+        labels: dict[str, torch.Tensor] = {}
+        if data.base is not None:
+            labels["base"] = label_images(
+                teacher, data.teacher_base, out / "labels" / "base.safetensors"
+            )
+    sets = synthetic_sets(teacher, stores, config, out, times)
     synthetic: dict[str, Any] = {}
     val = None
     for g, syn in sets.items():
@@ -218,11 +243,10 @@ def _fit_stages(
             hold, keep = perm[:n_hold], perm[n_hold:]
             val = (syn.student[hold], syn.labels[hold].argmax(1))
             synthetic[g], labels[g] = ImageSubset(syn.student, keep), syn.labels[keep]
-    all_labels = {g: (syn.teacher_view, syn.labels) for g, syn in sets.items()}
-    notes = teacher_notes(config, pretrained)
-    health = _fit_health(teacher, data, all_labels, gen, out, method, held, notes)
-    times.add("teacher_s", time.perf_counter() - t0)
-    timings["teacher_s"] = times.get("teacher_s")
+    with times.stage("health_s"):
+        all_labels = {g: (syn.teacher_view, syn.labels) for g, syn in sets.items()}
+        notes = teacher_notes(config, pretrained)
+        health = _fit_health(teacher, data, all_labels, stores, out, method, held, notes)
     del teacher
     if strict and health.failed:
         _stop_unhealthy(health, out)
@@ -233,7 +257,6 @@ def _fit_stages(
             method, data, labels, synthetic, pretrained, config, out / "student", seed, val,
             val_name=VAL_NAME,
         )  # fmt: skip
-    timings["distill_s"] = times.get("distill_s")
     if held is not None:
         from tinyshot.evaluation.episodic import evaluate_student
 
@@ -245,7 +268,11 @@ def _fit_stages(
             100 * health.real["holdout"]["student"],
             100 * health.real["holdout"]["teacher"],
         )
-    onnx_path = export_onnx(student.eval(), out / "model.onnx", data.class_names)
+    with times.stage("export_s"):
+        onnx_path = export_onnx(student.eval(), out / "model.onnx", data.class_names)
+    totals = times.totals()
+    for key in ("teacher_s", "student_images_s", "health_s", "distill_s", "export_s"):
+        timings[key] = totals.get(key, 0.0)
     summary = {
         "format": "tinyshot.fit",
         "version": 1,
@@ -282,7 +309,8 @@ def _fit_stages(
     }
     write_json(out / "health.json", summary["health"])
     write_json(out / "fit.json", summary)
-    build_fit_report(out, summary, data, config)
+    with times.stage("report_s"):
+        build_fit_report(out, summary, data, config)
     log.info("fit done: %s (report %s)", onnx_path, out / "report.html")
     return summary
 

@@ -33,6 +33,10 @@ STAGE_LABELS = {
     "generate_dafusion_s": "image generation, DA-Fusion",
     "generate_tint_s": "image generation, TINT",
     "teacher_s": "teacher labels for the synthetic images",
+    "student_images_s": "synthetic images at the student's size (memory-mapped file)",
+    "health_s": "health checks of the synthetic images",
+    "export_s": "ONNX export",
+    "report_s": "report",
     "teacher_and_labels_s": "teacher labels and teacher accuracy",
     "distill_s": "student distillation",
 }
