@@ -4,7 +4,10 @@
 #      published configs (random weights, no download) at 512 px, fp16 and bf16 (if supported):
 #      seconds per TI step, per NTI'd image (50 x 10), per generated image batched and one at a
 #      time in fp32, all-in seconds per image beside the paper's 1.01 s (A40), peak GPU memory.
-#   2. a miniature `tinyshot fit` (2 classes x 3 shots of 84 px images) with full-size random SD
+#   2. the ViT teachers' forward time at 224 px, batch 64, fp32 and fp16 autocast, random
+#      weights from the published configs: DINO ViT-B/16 (the paper's), DINOv2 ViT-S/14 and
+#      ViT-B/14 (dinov2-small, dinov2-base).
+#   3. a miniature `tinyshot fit` (2 classes x 3 shots of 84 px images) with full-size random SD
 #      1.5 and DINO ViT-B/16 folders: Real-ESRGAN to 512 px, fp16 TI + NTI, generation, DINO
 #      teacher at 224 px, ResNet12 distillation, ONNX export.
 # Writes OUT/gpu-check.json (all timings), OUT/log.txt, OUT/models/, OUT/fit/.

@@ -7,7 +7,8 @@ first: PipelineConfig defaults < preset < --config file < command-line flags.
 - "paper": the paper's settings for Stable Diffusion 1.5 + DINO ViT-B/16 on a GPU (Sec. 4 and
   B.2 of Landolsi & Kahl): TI 5000 steps at lr 1e-3, 50 DDIM steps, guidance 7.5, NTI with 10
   inner iterations at lr 1e-2, 4000 images per class, ResNet12 at 84 px (Conv4 with
-  --student conv4), 10k distillation iterations, the DINO teacher at 224 px.
+  --student conv4), 10k distillation iterations, the DINO teacher at 224 px (`--teacher
+  dinov2-base` or `dinov2-small` puts DINOv2 in its place; the paper used DINO).
   configs/paper.toml holds the same values (a test keeps the two equal). PipelineConfig's
   comments say why the demo differs; the paper's numbers live here only.
 """
@@ -36,7 +37,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "synthetic_per_class": 4000,
         "alpha": 1.0,
         "generation_batch_size": 16,
-        "teacher": "dino-vitb16",
+        "teacher": "dino-vitb16",  # the paper's; "dinov2-base" / "dinov2-small" fit here too
         "teacher_input_size": 224,
         "student": "resnet12",
         "image_size": 84,

@@ -113,3 +113,20 @@ def test_count_macs_conv4_by_hand():
 
     conv = 32 * 32 * 64 * 27 + (16 * 16 + 8 * 8 + 4 * 4) * 64 * 64 * 9  # per-output MACs per layer
     assert count_macs(build_student("conv4", 5, 32), 32) == conv + 256 * 5
+
+
+def test_bench_inference_times_a_dinov2_teacher(capsys):
+    args = ["bench", "inference", "--size", "32", "--batches", "1", "--teacher-batches", ""]
+    args += ["--vits", "dinov2-small", "--vit-batches", "1", "--budget", "0", "--json"]
+    assert main(args) == 0
+    rows = json.loads(capsys.readouterr().out)
+    (row,) = [r for r in rows if "teacher" in r["model"]]
+    assert row["model"] == "dinov2-small (teacher, random weights)"
+    assert (row["parameters"], row["input_size"], row["runtime"]) == (22_056_576, 224, "torch")
+    assert row["ms_per_image"] > 0 and round(row["mmacs"]) == 5515  # 257 tokens, 12 layers
+
+    from tinyshot.errors import ConfigError
+    from tinyshot.models.export import run_inference_bench
+
+    with pytest.raises(ConfigError, match="unknown ViT teacher"):
+        run_inference_bench(batches=(), teacher_batches=(), vits=["dinov2-huge"])

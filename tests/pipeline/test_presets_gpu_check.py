@@ -33,6 +33,38 @@ def test_paper_preset_values():
     assert cfg.teacher == "dino-vitb16"
 
 
+def test_paper_preset_with_a_dinov2_teacher(tmp_path, monkeypatch):
+    """`--preset paper --teacher dinov2-base`: DINOv2 ViT-B/14 in DINO's place, at the paper's
+    224 px (a small local Dinov2Model stands in for the facebook/dinov2-base download)."""
+    import torch
+    from transformers import Dinov2Model
+
+    from tinyshot.models.backbones import Dinov2Backbone, build_tiny_dinov2
+    from tinyshot.pipeline.episode import EpisodeData, build_episode_teacher
+
+    args = build_parser().parse_args(
+        ["fit", "data", "--out", "run", "--preset", "paper", "--teacher", "dinov2-base"]
+    )
+    cfg = PipelineConfig.from_dict(_pipeline_overrides(args, {}))
+    assert (cfg.teacher, cfg.teacher_input_size, cfg.student) == ("dinov2-base", 224, "resnet12")
+
+    folder = build_tiny_dinov2(tmp_path / "dinov2")
+    real, asked = Dinov2Model.from_pretrained, []
+
+    def from_pretrained(source, *a, **kw):
+        asked.append(source)
+        return real(str(folder))
+
+    monkeypatch.setattr(Dinov2Model, "from_pretrained", from_pretrained)
+    cfg.device = "cpu"
+    support = torch.randint(0, 256, (4, 3, 40, 40), dtype=torch.uint8)
+    data = EpisodeData(["a", "b"], [[], []], support, torch.tensor([0, 0, 1, 1]))
+    teacher = build_episode_teacher(data, cfg)
+    assert asked == ["facebook/dinov2-base"]
+    assert isinstance(teacher.backbone, Dinov2Backbone) and teacher.input_size == 224
+    assert teacher.predict_proba(torch.rand(3, 3, 40, 40)).shape == (3, 2)
+
+
 def test_paper_preset_sets_every_specialize_default():
     # Every specialization knob the demo sizes down has its paper value in the preset.
     assert set(PipelineConfig().specialize) - set(PRESETS["paper"]["specialize"]) == set()
@@ -102,6 +134,7 @@ def test_gpu_check_small_on_cpu(tmp_path, capsys):
             "distill": {"iterations": 4, "batch_size": 8, "eval_every": 2, "checkpoint_every": 2},
         },
         support_size=28,
+        teacher_overrides={"batch_size": 2, "input_size": 32, "repeats": 1},
     )
     stored = json.loads((tmp_path / "gpu-check.json").read_text())
     assert stored["fit"]["synthetic_images"] == 8 and stored["device"] == "cpu"
@@ -112,8 +145,15 @@ def test_gpu_check_small_on_cpu(tmp_path, capsys):
     assert Path(stored["fit"]["onnx"]).is_file() and stored["fit"]["onnx_bytes"] > 0
     assert (tmp_path / "models" / "sd15" / "model_index.json").is_file()
     assert (tmp_path / "models" / "dino-vitb16" / "config.json").is_file()
+    teachers = stored["teachers"]
+    assert list(teachers) == ["dino-vitb16", "dinov2-small", "dinov2-base"]
+    assert all(
+        t["fp32_ms_per_image"] > 0 and "fp16_ms_per_image" not in t for t in teachers.values()
+    )
+    assert teachers["dinov2-small"]["feature_dim"] == 32  # 384 / 10, to a multiple of 16
     from tinyshot.pipeline.gpu_check import _print_summary
 
     _print_summary(stored)
     out = capsys.readouterr().out
     assert out.startswith("device: cpu (CPU)") and "fit: " in out and "ONNX" in out
+    assert "teacher dinov2-base: " in out and "ms/image fp32" in out

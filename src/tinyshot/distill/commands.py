@@ -13,7 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--backbone",
         default="efficientnet-lite0",
-        help="efficientnet-lite0 (offline default), dino-vitb16, a ViT folder or hub id",
+        help="efficientnet-lite0 (offline default), dino-vitb16, dinov2-small, dinov2-base, "
+        "a ViT / DINOv2 folder or hub id",
     )
     p.add_argument(
         "--input-size", type=int, default=None, help="backbone input size (default: its own, 224)"
@@ -24,8 +25,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ways", type=int, default=5)
     p.add_argument("--shots", type=int, default=5)
     p.add_argument("--queries", type=int, default=15)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--backbone-lr", type=float, default=None, help="backbone lr (default: --lr)")
+    # = MetaTrainConfig's HEAD_LR / BACKBONE_LR (no torch at start-up); a test keeps them equal
+    p.add_argument(
+        "--lr", type=float, default=3e-3, help="ProtoNet head (scale, bias) lr (default 3e-3)"
+    )
+    p.add_argument(
+        "--backbone-lr",
+        type=float,
+        default=1e-5,
+        help="backbone lr (default 1e-5, kept low so pretrained features survive; "
+        "a random-init backbone wants --lr's value; 0 freezes it)",
+    )
     p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
     p.add_argument("--schedule", choices=["cosine", "constant"], default="cosine")
     p.add_argument("--checkpoint-every", type=int, default=100)

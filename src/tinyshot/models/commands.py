@@ -42,7 +42,15 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--teacher-size", type=int, default=224)
     p.add_argument("--batches", default="1,64", help="student batch sizes (default 1,64)")
     p.add_argument("--teacher-batches", default="1,64")
-    p.add_argument("--vit-batches", default="1,8", help="ViT-B/16 batch sizes ('' to skip)")
+    p.add_argument(
+        "--vit-batches", default="1,8", help="batch sizes of the ViT teachers ('' to skip them)"
+    )
+    p.add_argument(
+        "--vits",
+        default="dino-vitb16,dinov2-small,dinov2-base",
+        help="ViT teachers to time (random weights, published configs, 224 px): "
+        "dino-vitb16, dinov2-small, dinov2-base",
+    )
     p.add_argument("--budget", type=float, default=1.0, help="seconds of timing per cell")
     p.add_argument("--threads", type=int, default=None, help="torch/onnxruntime threads")
     p.add_argument("--json", action="store_true")
@@ -153,6 +161,7 @@ def _bench_inference(args: argparse.Namespace) -> int:
         vit_batches=ints(args.vit_batches),
         budget=args.budget,
         threads=args.threads,
+        vits=[v.strip() for v in args.vits.split(",") if v.strip()],
     )
     print(json.dumps(rows, indent=2) if args.json else format_table(rows))
     return 0

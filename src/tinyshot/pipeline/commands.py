@@ -70,7 +70,8 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
         "--teacher",
         help="'effnet-lite-student' (default: Lite0 + Lite1 at 96 px + the base-pretrained student), "
         "'efficientnet-lite0', 'effnet-lite-ensemble' (slower; "
-        "docs/models.md), a DINO ViT folder or hub id",
+        "docs/models.md), 'dino-vitb16', 'dinov2-small', 'dinov2-base', a DINO ViT or DINOv2 "
+        "folder or hub id",
     )
     g.add_argument("--student", choices=["conv4", "resnet12"], help="student architecture")
     g.add_argument("--image-size", type=int, help="student input size in pixels")
@@ -455,7 +456,8 @@ def _register_evaluate(sub: argparse._SubParsersAction) -> None:
         default="effnet-lite-student",  # = pipeline.episode.DEFAULT_TEACHER (no torch at start-up)
         help="teacher backbone or ensemble spec (default: the pipeline's effnet-lite-student; "
         "its 'student' member is the dataset's base-pretrained student, shipped or cached): "
-        "efficientnet-lite0, dino-vitb16, conv4, resnet12, a local ViT folder / hub id",
+        "efficientnet-lite0, dino-vitb16, dinov2-small, dinov2-base, conv4, resnet12, a local "
+        "ViT / DINOv2 folder or hub id",
     )
     p.add_argument("--teacher-checkpoint", type=Path, help="meta-trained teacher checkpoint")
     p.add_argument("--teacher-input-size", type=int, help="backbone input size (default: its own)")

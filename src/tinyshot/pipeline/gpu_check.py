@@ -1,5 +1,6 @@
-"""The full-size GPU check behind scripts/gpu-check.sh: the SD 1.5 generation bench, then a
-miniature `fit` end to end with full-size random-weight SD 1.5 and DINO ViT-B/16 folders.
+"""The full-size GPU check behind scripts/gpu-check.sh: the SD 1.5 generation bench, the ViT
+teachers' forward time (DINO ViT-B/16, DINOv2 ViT-S/14 and ViT-B/14 at 224 px, random weights),
+then a miniature `fit` end to end with full-size random-weight SD 1.5 and DINO ViT-B/16 folders.
 
 The point is that every stage runs at full size on the GPU (Real-ESRGAN upscaling to 512 px,
 fp16 TI and NTI, batched generation, the DINO teacher at 224 px, distillation, ONNX export),
@@ -34,6 +35,13 @@ BENCH = {
     "upscale": "bilinear",
     "support_size": 84,
 }
+# The teacher timings: each ViT teacher's backbone on one batch at 224 px, fastest of `repeats`.
+TEACHERS = {
+    "names": ("dino-vitb16", "dinov2-small", "dinov2-base"),
+    "batch_size": 64,
+    "input_size": 224,
+    "repeats": 5,
+}
 FIT = {
     "specialize": {
         "ti_steps": 10,
@@ -66,6 +74,57 @@ def _reset(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(dev)
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def time_teachers(
+    dev: torch.device,
+    width_divisor: int = 1,
+    names: tuple[str, ...] = TEACHERS["names"],
+    batch_size: int = TEACHERS["batch_size"],
+    input_size: int = TEACHERS["input_size"],
+    repeats: int = TEACHERS["repeats"],
+) -> dict[str, dict[str, Any]]:
+    """Per teacher: parameters, feature size and ms per image of the backbone (fp32; also fp16
+    autocast on a GPU), random weights from the published config, on one batch."""
+    from tinyshot.models.backbones import random_weight_backbone
+
+    out: dict[str, dict[str, Any]] = {}
+    x = torch.rand(batch_size, 3, input_size, input_size, device=dev)
+    precisions = [("fp32", None)] + ([("fp16", torch.float16)] if dev.type == "cuda" else [])
+    for name in names:
+        _reset(dev)
+        with dev:  # initialised on the GPU itself when there is one: seconds, not a minute
+            bb = random_weight_backbone(name, width_divisor, input_size)
+        bb = bb.to(dev).eval()
+        row: dict[str, Any] = {
+            "parameters": sum(p.numel() for p in bb.parameters()),
+            "feature_dim": bb.feature_dim,
+            "input_size": input_size,
+            "batch_size": batch_size,
+        }
+        for label, dtype in precisions:
+            with (
+                torch.inference_mode(),
+                torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None),
+            ):
+                bb(x)  # warm-up
+                _sync(dev)
+                times = []
+                for _ in range(max(1, repeats)):
+                    t0 = time.perf_counter()
+                    bb(x)
+                    _sync(dev)
+                    times.append(time.perf_counter() - t0)
+            row[f"{label}_ms_per_image"] = 1000 * min(times) / batch_size
+        row["peak_gpu_memory_gb"] = _peak_gb(dev)
+        out[name] = row
+        del bb
+    return out
 
 
 def write_support_images(folder: Path, classes: int = 2, shots: int = 3, size: int = 84) -> Path:
@@ -102,8 +161,11 @@ def run_gpu_check(
     bench_overrides: dict[str, Any] | None = None,
     fit_overrides: dict[str, Any] | None = None,
     support_size: int = 84,
+    teachers: bool = True,
+    teacher_overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Bench + miniature fit; returns (and writes to OUT/gpu-check.json) every timing."""
+    """Bench + teacher timings + miniature fit; returns (and writes to OUT/gpu-check.json)
+    every timing."""
     import diffusers
     import transformers
 
@@ -151,6 +213,12 @@ def run_gpu_check(
         report["bench"] = res
         report["stages"]["bench_s"] = time.perf_counter() - t0
         save()
+    if teachers:
+        t0 = time.perf_counter()
+        kw = {**TEACHERS, **(teacher_overrides or {})}
+        report["teachers"] = time_teachers(dev, width_divisor, **kw)
+        report["stages"]["teachers_s"] = time.perf_counter() - t0
+        save()
     if not fit:
         save()
         return report
@@ -187,7 +255,8 @@ def run_gpu_check(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m tinyshot.pipeline.gpu_check OUT [--device cuda] [--no-bench] [--no-fit]"""
+    """python -m tinyshot.pipeline.gpu_check OUT [--device cuda] [--no-bench] [--no-fit]
+    [--no-teachers]"""
     import argparse
 
     from tinyshot.utils.logging import setup_logging
@@ -197,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda")
     p.add_argument("--no-bench", action="store_true")
     p.add_argument("--no-fit", action="store_true")
+    p.add_argument("--no-teachers", action="store_true", help="skip the ViT teacher timings")
     p.add_argument("--width-divisor", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--latent-size", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -206,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         args.device,
         bench=not args.no_bench,
         fit=not args.no_fit,
+        teachers=not args.no_teachers,
         width_divisor=args.width_divisor,
         latent_size=args.latent_size,
     )
@@ -229,6 +300,14 @@ def _print_summary(report: dict[str, Any]) -> None:
         )
     for dt, why in (report.get("bench") or {}).get("skipped", {}).items():
         print(f"{dt}: skipped ({why})")
+    for name, r in (report.get("teachers") or {}).items():
+        fp16 = r.get("fp16_ms_per_image")
+        print(
+            f"teacher {name}: {r['parameters']:,} parameters, {r['feature_dim']}-d, "
+            f"{r['fp32_ms_per_image']:.2f} ms/image fp32"
+            + (f", {fp16:.2f} fp16" if fp16 is not None else "")
+            + f" at {r['input_size']} px, batch {r['batch_size']}"
+        )
     if "fit" in report:
         f = report["fit"]
         t = ", ".join(f"{k} {v:.1f}" for k, v in f["timings"].items())
