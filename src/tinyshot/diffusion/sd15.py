@@ -165,6 +165,20 @@ def sd15_configs(width_divisor: int = 1, sample_size: int | None = None) -> dict
     }
 
 
+def rehearsal_configs(sample_size: int = 64) -> dict[str, dict]:
+    """SD 1.5's block structure at the real 512 px (latent 64), cut to what 2 CPU cores can run
+    20,000 times in about an hour, for scripts/scale-rehearsal.sh (the paper's data volume, not
+    its compute): widths 8-16 with GroupNorm in groups of 8, self-attention replaced by
+    cross-attention (diffusers' only_cross_attention: SD's 4,096-token attention maps dominate
+    its cost at 512 px), and the 2-layer, 32-wide text encoder of sd15_configs' reduced builds."""
+    cfg = sd15_configs(width_divisor=24, sample_size=sample_size)
+    cfg["unet"].update(
+        block_out_channels=[8, 8, 16, 16], norm_num_groups=8, only_cross_attention=True
+    )
+    cfg["vae"].update(block_out_channels=[8, 8, 8, 8], norm_num_groups=8)
+    return cfg
+
+
 def _modules(configs: dict[str, dict]) -> dict[str, torch.nn.Module]:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
