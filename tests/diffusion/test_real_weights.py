@@ -20,8 +20,9 @@ from tinyshot.diffusion.model import (
 )
 from tinyshot.diffusion.textual_inversion import injected_tokens, train_tokens
 
-# runwayml/stable-diffusion-v1-5's scheduler/scheduler_config.json as many SD 1.x folders ship
-# it: a PNDM config, and no clip_sample key.
+# An SD 1.x scheduler/scheduler_config.json (a PNDM config) without the clip_sample key:
+# stable-diffusion-v1-5's own copy ends with "clip_sample": false, but converted and
+# fine-tuned folders often lack it.
 SD1_PNDM_CONFIG = {
     "_class_name": "PNDMScheduler",
     "_diffusers_version": "0.6.0",

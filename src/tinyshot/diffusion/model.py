@@ -283,8 +283,9 @@ def make_ddim_scheduler(config: dict[str, Any], timestep_spacing: str | None = N
     generators were trained and are sampled with clip_sample=True, and their configs say so).
 
     A config without `clip_sample` does not clip: DDIMScheduler's own default (True) would
-    clamp SD's latents (range about +-4) to +-1. Hub SD 1.x configs are often PNDM configs
-    without the key, and diffusers' SD pipelines never clip latents."""
+    clamp SD's latents (range about +-4) to +-1. stable-diffusion-v1-5's PNDM config says
+    clip_sample: false, but converted and fine-tuned SD folders often lack the key, and
+    diffusers' SD pipelines never clip latents."""
     from diffusers import DDIMScheduler
 
     pred = config.get("prediction_type", "epsilon")
