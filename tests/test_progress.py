@@ -106,3 +106,33 @@ def test_weight_loading_says_one_line_and_draws_no_bar(tmp_path, capfd, caplog):
     assert "Loading weights" not in err and "it/s" not in err
     assert len(_lines(caplog, "loaded diffusion model m (cpu, float32) in")) == 1
     assert hf_logging.is_progress_bar_enabled()  # silenced only while tinyshot loads
+
+
+def test_weight_loading_keeps_hub_download_bars():
+    """Inside quiet_weight_loading transformers' and diffusers' per-weight bars are off, but
+    huggingface_hub's download bars are on (a first run fetches GBs), and all is restored."""
+    import diffusers.utils.logging as d_logging
+    import huggingface_hub.utils as hub
+    import transformers.utils.logging as t_logging
+
+    from tinyshot.utils.logging import quiet_weight_loading
+
+    assert not hub.are_progress_bars_disabled()
+    with quiet_weight_loading():
+        assert not hub.are_progress_bars_disabled()
+        assert not hub.are_progress_bars_disabled("huggingface_hub.http_get")
+        bar = hub.tqdm(total=1, disable=False, name="huggingface_hub.http_get")
+        assert not bar.disable
+        bar.close()
+        assert not t_logging.is_progress_bar_enabled()
+        assert not d_logging.is_progress_bar_enabled()
+    assert not hub.are_progress_bars_disabled()
+    assert t_logging.is_progress_bar_enabled() and d_logging.is_progress_bar_enabled()
+    # a user's own choice to hide the hub's bars is kept, inside and after
+    hub.disable_progress_bars()
+    try:
+        with quiet_weight_loading():
+            assert hub.are_progress_bars_disabled()
+        assert hub.are_progress_bars_disabled()
+    finally:
+        hub.enable_progress_bars()

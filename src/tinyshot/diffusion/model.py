@@ -172,6 +172,9 @@ class DiffusionModel:
         """Add placeholder tokens (idempotent); new embedding rows start as `init_word`'s row.
 
         Existing rows are copied unchanged, so every original token keeps its exact embedding.
+        The table stays frozen: TI trains its own (N, D) parameter, injected by a forward hook
+        (textual_inversion.injected_tokens), so backward never builds a vocab x dim gradient
+        for it (49,410 x 768 fp32 = 152 MB at SD size, per step, never used).
         """
         missing = [t for t in tokens if t not in self.tokenizer.get_vocab()]
         if missing:
@@ -183,7 +186,7 @@ class DiffusionModel:
             init = self.token_init_vector(init_word, emb.weight)
             extra = init.expand(need - emb.weight.shape[0], -1)
             weight = torch.cat([emb.weight.detach(), extra.to(emb.weight)], 0)
-            new = nn.Embedding.from_pretrained(weight, freeze=False)
+            new = nn.Embedding.from_pretrained(weight, freeze=True)
             self.text_encoder.set_input_embeddings(new)
             self.text_encoder.config.vocab_size = need
         return list(ids)
@@ -277,7 +280,12 @@ class DiffusionModel:
 def make_ddim_scheduler(config: dict[str, Any], timestep_spacing: str | None = None):
     """A DDIMScheduler from any SD-family scheduler config, keeping the model's own
     prediction type, clip_sample / clip_sample_range and thresholding (the pixel-space
-    generators were trained and are sampled with clip_sample=True)."""
+    generators were trained and are sampled with clip_sample=True, and their configs say so).
+
+    A config without `clip_sample` does not clip: DDIMScheduler's own default (True) would
+    clamp SD's latents (range about +-4) to +-1. stable-diffusion-v1-5's PNDM config says
+    clip_sample: false, but converted and fine-tuned SD folders often lack the key, and
+    diffusers' SD pipelines never clip latents."""
     from diffusers import DDIMScheduler
 
     pred = config.get("prediction_type", "epsilon")
@@ -287,6 +295,7 @@ def make_ddim_scheduler(config: dict[str, Any], timestep_spacing: str | None = N
             f"must say one of {', '.join(SUPPORTED_PREDICTION)})"
         )
     cfg = {k: v for k, v in config.items() if not k.startswith("_")}
+    cfg.setdefault("clip_sample", False)
     if timestep_spacing is not None:
         if timestep_spacing not in ("leading", "trailing", "linspace"):
             raise ConfigError(
@@ -297,9 +306,12 @@ def make_ddim_scheduler(config: dict[str, Any], timestep_spacing: str | None = N
 
 
 def _to(module: nn.Module, dev: torch.device, dt: torch.dtype) -> None:
-    """Cast only when needed (diffusers warns on every dtype cast, even a no-op one)."""
+    """Cast only when needed (diffusers warns on every dtype cast, even a no-op one); every
+    floating parameter and buffer is checked, not only the first (fp16 weight files load as
+    fp16, and a checkpoint may mix dtypes)."""
     module.to(dev)
-    if next(module.parameters()).dtype != dt:
+    tensors = [*module.parameters(), *module.buffers()]
+    if any(t.is_floating_point() and t.dtype != dt for t in tensors):
         module.to(dtype=dt)
     module.eval().requires_grad_(False)
 
@@ -376,14 +388,22 @@ def _load_local(path: Path, dev: torch.device, dt: torch.dtype) -> DiffusionMode
     sched_file = path / "scheduler" / "scheduler_config.json"
     if sched_file.is_file():
         sched_cfg = json.loads(sched_file.read_text())
+
+    def component(cls, sub: str):
+        folder = path / sub
+        variant = weights_variant(folder)
+        if variant is not None:
+            log.debug("%s: only %s weights, loading variant=%r", folder, variant, variant)
+        return cls.from_pretrained(folder, variant=variant)
+
     try:
-        unet = UNet2DConditionModel.from_pretrained(path / "unet")
-        text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder")
+        unet = component(UNet2DConditionModel, "unet")
+        text_encoder = component(CLIPTextModel, "text_encoder")
         tok_dir = path / "tokenizer"
         tokenizer = load_clip_tokenizer(tok_dir if tok_dir.is_dir() else None)
         vae = None
         if (path / "vae" / "config.json").is_file() and not meta.get("pixel_space", False):
-            vae = AutoencoderKL.from_pretrained(path / "vae")
+            vae = component(AutoencoderKL, "vae")
     except (OSError, ValueError, KeyError) as e:
         raise ModelError(f"{path}: cannot load model ({type(e).__name__}: {e})") from e
     model = DiffusionModel(
@@ -403,6 +423,41 @@ def _load_local(path: Path, dev: torch.device, dt: torch.dtype) -> DiffusionMode
     )
     _check_shapes(model, path)
     return _prepare_modules(model)
+
+
+# Weight file stems of diffusers models and transformers models.
+_WEIGHT_STEMS = ("diffusion_pytorch_model", "model", "pytorch_model")
+_VARIANT_FILE = re.compile(
+    r"^(?:diffusion_pytorch_model|model|pytorch_model)"
+    r"(?:\.(?P<v1>[\w-]+?)(?:-\d{5}-of-\d{5})?\.(?:safetensors|bin)"  # stem.fp16.safetensors
+    r"|\.(?:safetensors|bin)\.index\.(?P<v2>[\w-]+)\.json)$"  # stem.safetensors.index.fp16.json
+)
+
+
+def weights_variant(folder: str | Path) -> str | None:
+    """The `variant` a component folder must be loaded with: None when it holds plain weights
+    (diffusion_pytorch_model.safetensors, model.safetensors, their .bin or sharded index),
+    else the variant of its files, e.g. "fp16" for diffusers' variant="fp16" layout
+    (diffusion_pytorch_model.fp16.safetensors; preferred when there are several)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    names = {p.name for p in folder.iterdir() if p.is_file()}
+    plain = {
+        f"{stem}{ext}"
+        for stem in _WEIGHT_STEMS
+        for ext in (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
+    }
+    if names & plain:
+        return None
+    found = set()
+    for name in names:
+        m = _VARIANT_FILE.match(name)
+        if m:
+            found.add(m.group("v1") or m.group("v2"))
+    if "fp16" in found:
+        return "fp16"
+    return found.pop() if len(found) == 1 else None
 
 
 def _layout_hint(path: Path) -> str:

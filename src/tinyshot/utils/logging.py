@@ -190,10 +190,19 @@ def progress(
 
 @contextlib.contextmanager
 def quiet_weight_loading() -> Iterator[None]:
-    """Silence the bars transformers and diffusers draw for every from_pretrained (a fit loads
-    the generator several times); the caller logs one tinyshot line instead."""
+    """Silence the bars transformers and diffusers draw for every from_pretrained ("Loading
+    weights", "Loading checkpoint shards": a fit loads the generator several times); the
+    caller logs one tinyshot line instead.
+
+    huggingface_hub's bars stay as they were: a first run downloads 4-5 GB of SD weights, and
+    without its download bars it looks hung. (transformers' disable_progress_bar also turns
+    off the hub's bars, so they are switched back on.) Warnings are kept: a load report of
+    missing weights means randomly initialised layers.
+    """
     import importlib
 
+    hub = _hub_tqdm()
+    hub_on = hub is not None and not hub.are_progress_bars_disabled()
     silenced = []
     for name in ("transformers.utils.logging", "diffusers.utils.logging"):
         try:
@@ -203,11 +212,24 @@ def quiet_weight_loading() -> Iterator[None]:
         if mod.is_progress_bar_enabled():
             mod.disable_progress_bar()
             silenced.append(mod)
+    if hub_on and hub.are_progress_bars_disabled():
+        hub.enable_progress_bars()
     try:
         yield
     finally:
         for mod in silenced:
             mod.enable_progress_bar()
+        if hub is not None and not hub_on and not hub.are_progress_bars_disabled():
+            hub.disable_progress_bars()
+
+
+def _hub_tqdm():
+    """huggingface_hub.utils (its progress-bar switches), or None when it cannot be imported."""
+    try:
+        import huggingface_hub.utils as hub
+    except Exception:
+        return None
+    return hub
 
 
 @contextlib.contextmanager
