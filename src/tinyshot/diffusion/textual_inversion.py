@@ -105,8 +105,9 @@ def loss_scale(model: DiffusionModel) -> float:
 
 # torch.amp.GradScaler's defaults. The gradients that underflow are the fp16 ones inside the
 # UNet's backward (the TI vectors and NTI's null embeddings are fp32 leaves): near NTI's early
-# stop the gradient reaching the UNet output is ~1e-6 per element, below fp16's smallest
-# normal (6.1e-5) and, a few layers in, below its smallest subnormal (6e-8) at a scale of 1024.
+# stop the gradient reaching the UNet output is of order 1e-6 per element for SD's 4x64x64
+# latents, below fp16's smallest normal (6.1e-5); products with small weights and activations
+# inside the backward go lower, and at a scale of 1024 below fp16's smallest subnormal (6e-8).
 INITIAL_FP16_SCALE = 2.0**16
 GROWTH_INTERVAL = 2000
 
