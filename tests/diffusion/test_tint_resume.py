@@ -13,6 +13,7 @@ from tinyshot.diffusion.config import SpecializeConfig
 from tinyshot.diffusion.model import build_tiny_diffusion_model
 from tinyshot.diffusion.specialize import specialize
 from tinyshot.diffusion.textual_inversion import checkpoint_every_steps, train_tokens
+from tinyshot.errors import TrainingError
 
 TEMPLATE = "a photo of an {}"
 
@@ -161,3 +162,64 @@ def test_checkpoint_cadence_is_not_part_of_the_fingerprint(tmp_path, tint_episod
     other = SpecializeConfig(**{**cfg.to_dict(), "ti_checkpoint_seconds": 5.0})
     arts = specialize(m, images, names, other, tmp_path / "s", show_progress=False)
     assert len(arts) == 2
+
+
+def test_fp16_ti_resumes_bit_exact_with_the_loss_scale(tmp_path, monkeypatch):
+    """The scaler's state is in the checkpoint: an fp16 run whose scale backs off before the
+    interrupt resumes to the same vectors as an uninterrupted one."""
+    m = build_tiny_diffusion_model(seed=6, dtype="fp16")
+    lat = _latents()
+    cfg = SpecializeConfig(
+        ti_steps=6, ti_lr=1e-2, ti_batch_size=2, ti_checkpoint_every=1000, ti_checkpoint_seconds=0
+    )
+    scalers = []
+    real_init = ti_mod.LossScaler.__init__
+
+    def huge_scale(self, scale=1.0, **kw):  # overflows at first: steps are skipped, backing off
+        real_init(self, 2.0**40 if scale != 1.0 else scale, **kw)
+        scalers.append(self)
+
+    monkeypatch.setattr(ti_mod.LossScaler, "__init__", huge_scale)
+    full = train_tokens(m, lat, TEMPLATE, cfg, state_path=tmp_path / "a.pt")
+    assert scalers[0].skipped > 0 and scalers[0].scale < 2.0**40
+    real = _dies_at(monkeypatch, "diffusion_loss", 4)
+    with pytest.raises(KeyboardInterrupt):
+        train_tokens(m, lat, TEMPLATE, cfg, state_path=tmp_path / "b.pt")
+    state = torch.load(tmp_path / "b.pt", weights_only=True)
+    assert state["step"] == 3 and state["scaler"]["scale"] < 2.0**40
+    monkeypatch.setattr(ti_mod, "diffusion_loss", real)
+    resumed = train_tokens(m, lat, TEMPLATE, cfg, state_path=tmp_path / "b.pt")
+    assert torch.equal(full, resumed)
+    assert scalers[-1].state_dict() == scalers[0].state_dict()
+
+
+@pytest.mark.parametrize("every_step", [True, False])
+def test_ti_divergence_is_caught_at_the_next_read_and_never_checkpointed(
+    tmp_path, monkeypatch, every_step
+):
+    """Losses are read every few steps (and before each checkpoint), not every step: a
+    non-finite one still ends the run with its step, and no checkpoint after it is written."""
+    m = build_tiny_diffusion_model(seed=6)
+    cfg = SpecializeConfig(
+        ti_steps=200,  # logs every 20 steps: the losses are read every 10
+        ti_lr=1e-2,
+        ti_batch_size=2,
+        ti_checkpoint_every=1000,
+        ti_checkpoint_seconds=0 if every_step else 1e9,
+    )
+    real = ti_mod.diffusion_loss
+    calls = {"n": 0}
+
+    def nan_at_step_4(*a, **k):
+        calls["n"] += 1
+        out = real(*a, **k)
+        return out * float("nan") if calls["n"] == 5 else out
+
+    monkeypatch.setattr(ti_mod, "diffusion_loss", nan_at_step_4)
+    with pytest.raises(TrainingError, match="diverged at step 4"):
+        train_tokens(m, _latents(), TEMPLATE, cfg, state_path=tmp_path / "e.pt")
+    if every_step:
+        state = torch.load(tmp_path / "e.pt", weights_only=True)
+        assert state["step"] == 4 and torch.isfinite(state["vectors"]).all()
+    else:  # read at step 10 (ti_mod.LOSS_READ_EVERY), not before
+        assert calls["n"] == ti_mod.LOSS_READ_EVERY and not (tmp_path / "e.pt").exists()

@@ -22,6 +22,7 @@ from tinyshot.diffusion.ddim import (
 )
 from tinyshot.diffusion.model import DiffusionModel
 from tinyshot.diffusion.textual_inversion import LossScaler
+from tinyshot.utils.device import to_device
 from tinyshot.utils.logging import get_logger, progress
 
 log = get_logger("diffusion.nti")
@@ -78,13 +79,17 @@ def null_text_inversion(
     nulls = []
     taken = torch.zeros(b, dtype=torch.long)
     scaler = LossScaler.for_model(model)
+    # The schedule on the device once: a scalar copied per use would wait for the device.
+    dev = x.device
+    steps_t = to_device(schedule.timesteps, dev)
+    alpha, alpha_prev = to_device(schedule.alpha, dev), to_device(schedule.alpha_prev, dev)
     for i in progress(
         range(s),
         desc="null-text inversion",
         total=s,
         disable=None if show_progress is None else not show_progress,
     ):
-        t = schedule.timesteps[i]
+        t = steps_t[i]
         target = traj[i + 1]
         with torch.no_grad():
             e_c = model.eps(x, t, cond)
@@ -92,31 +97,37 @@ def null_text_inversion(
         step_lr = lr * (1.0 - i / (2.0 * s)) if lr_decay else lr
         opt = torch.optim.Adam([u], lr=step_lr)
         threshold = early_stop + i * EARLY_STOP_GROWTH
-        done = torch.zeros(b, dtype=torch.bool, device=x.device)
+        # The early stop is decided on the host (it picks the images the UNet runs on): one
+        # read of the stop mask per inner step, the only wait for the device in this loop
+        # besides fp16's skip decision.
+        done = torch.zeros(b, dtype=torch.bool)
         for _ in range(inner_steps):
             act = torch.nonzero(~done).flatten()
             if act.numel() == 0:
                 break
-            e_u = model.eps(x[act], t, u[act])
-            eps = e_u + guidance * (e_c[act] - e_u)
-            pred = ddim_move(x[act], eps, schedule.alpha[i], schedule.alpha_prev[i], rule)
-            per = ((pred - target[act]) ** 2).flatten(1).mean(1)
+            act_dev = to_device(act, dev)
+            e_u = model.eps(x[act_dev], t, u[act_dev])
+            eps = e_u + guidance * (e_c[act_dev] - e_u)
+            pred = ddim_move(x[act_dev], eps, alpha[i], alpha_prev[i], rule)
+            per = ((pred - target[act_dev]) ** 2).flatten(1).mean(1)
+            stops = per.detach() < threshold
             # Images stopped earlier keep their embedding (Adam's momentum would move them).
-            kept = u.detach()[done].clone()
-            if scaler.backward(per.sum(), [u], opt):
-                opt.step()
-            with torch.no_grad():
-                u[done] = kept
-            taken[act.cpu()] += 1
-            done[act[per.detach() < threshold]] = True
+            kept = u.detach().clone() if bool(done.any()) else None
+            scaler.backward(per.sum(), opt)
+            scaler.step(opt)
+            if kept is not None:
+                with torch.no_grad():
+                    u.copy_(torch.where(to_device(done, dev)[:, None, None], kept, u))
+            taken[act] += 1
+            done[act[stops.cpu()]] = True
         u = u.detach()
         nulls.append(u.clone())
         with torch.no_grad():
             x = ddim_move(
                 x,
                 cfg_eps(model, x, t, u, cond, guidance),
-                schedule.alpha[i],
-                schedule.alpha_prev[i],
+                alpha[i],
+                alpha_prev[i],
                 rule,
             )
     err = ((x - traj[-1]) ** 2).flatten(1).mean(1)

@@ -20,6 +20,7 @@ import torch
 from tinyshot.diffusion.config import SpecializeConfig
 from tinyshot.diffusion.model import DiffusionModel
 from tinyshot.errors import TrainingError
+from tinyshot.utils.device import to_device
 from tinyshot.utils.io import atomic_write
 from tinyshot.utils.logging import get_logger, progress
 from tinyshot.utils.seed import derive_seed, torch_generator
@@ -40,9 +41,9 @@ def injected_tokens(
     ids = torch.tensor(token_ids, device=emb.weight.device)
 
     def hook(_module, inputs, output):
+        # No early return for prompts without the tokens: testing for that would wait for the
+        # device; where() leaves such rows exactly as they were.
         match = inputs[0][..., None] == ids  # (B, L, N)
-        if not bool(match.any()):
-            return output
         rep = match.to(vectors.dtype) @ vectors.to(output.device)
         return torch.where(match.any(-1, keepdim=True), rep.to(output.dtype), output)
 
@@ -93,68 +94,104 @@ def _draw(
         pick = torch.randint(len(z), (per_class,), generator=g)
         ts.append(torch.randint(cfg.t_min, cfg.t_max, (per_class,), generator=g))
         ns.append(torch.randn((per_class, *z.shape[1:]), generator=g))
-        zs.append(z[pick.to(z.device)])
+        zs.append(z[to_device(pick, z.device)])
     return torch.cat(zs), torch.cat(ts), torch.cat(ns)
 
 
 def loss_scale(model: DiffusionModel) -> float:
-    """Initial loss scale: fp16 UNets need one so backward does not underflow."""
+    """Initial loss scale: fp16 UNets need one so backward does not underflow; 1 otherwise."""
     return INITIAL_FP16_SCALE if model.dtype == torch.float16 else 1.0
 
 
-INITIAL_FP16_SCALE = 1024.0
+# torch.amp.GradScaler's defaults. The gradients that underflow are the fp16 ones inside the
+# UNet's backward (the TI vectors and NTI's null embeddings are fp32 leaves): near NTI's early
+# stop the gradient reaching the UNet output is of order 1e-6 per element for SD's 4x64x64
+# latents, below fp16's smallest normal (6.1e-5); products with small weights and activations
+# inside the backward go lower, and at a scale of 1024 below fp16's smallest subnormal (6e-8).
+INITIAL_FP16_SCALE = 2.0**16
+GROWTH_INTERVAL = 2000
 
 
 class LossScaler:
-    """Dynamic loss scaling for fp16 backward passes (torch.amp.GradScaler's rule, without
-    unscaling: Adam's update is invariant to a constant gradient scale). A step whose gradients
-    are not finite is skipped and the scale halved; after `growth_interval` good steps it
-    doubles. In fp32 (scale 1) every step is taken unchecked, as before."""
+    """Dynamic loss scaling for the fp16 UNet's backward pass: torch.amp.GradScaler.
 
-    def __init__(self, scale: float = 1.0, growth_interval: int = 200) -> None:
-        self.scale = float(scale)
-        self.growth_interval = growth_interval
-        self.good_steps = 0
-        self.skipped = 0
+    backward() scales the loss, runs backward and unscales the gradients, so the optimizer sees
+    the true ones and Adam's step does not depend on the scale; step() skips the optimizer
+    step if a gradient is not finite and then updates the scale (halved after a skipped step,
+    doubled after `growth_interval` good ones). Disabled (fp32, bf16: scale 1) it is a plain
+    backward and step, unchecked, as before. Nothing here waits for the device except
+    GradScaler's own skip decision in an enabled step(); `skipped` and state_dict() read it.
+    """
+
+    def __init__(
+        self,
+        scale: float = 1.0,
+        growth_interval: int = GROWTH_INTERVAL,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.device = torch.device(device)
+        self.enabled = scale != 1.0
+        self.grad_scaler = torch.amp.GradScaler(
+            self.device.type,
+            init_scale=float(scale),
+            growth_interval=growth_interval,
+            enabled=self.enabled,
+        )
+        self._skipped = torch.zeros((), dtype=torch.long, device=self.device)
 
     @classmethod
     def for_model(cls, model: DiffusionModel) -> LossScaler:
-        return cls(loss_scale(model))
+        return cls(loss_scale(model), device=model.device)
 
-    def backward(
-        self, loss: torch.Tensor, params: list[torch.Tensor], opt: torch.optim.Optimizer
-    ) -> bool:
-        """backward(loss * scale); True if the gradients are finite and opt.step() should run
-        (the caller steps, so it can mark the update as in progress)."""
+    @property
+    def scale(self) -> float:
+        return self.grad_scaler.get_scale() if self.enabled else 1.0
+
+    @property
+    def skipped(self) -> int:
+        """Steps skipped for non-finite gradients so far (reads the device)."""
+        return int(self._skipped.item()) if self.enabled else 0
+
+    def backward(self, loss: torch.Tensor, opt: torch.optim.Optimizer) -> None:
+        """Zero the gradients, backward(loss * scale), unscale them (true gradients)."""
         opt.zero_grad(set_to_none=True)
-        (loss * self.scale).backward()
-        if self.scale != 1.0:
-            finite = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params)
-            if not finite:
-                opt.zero_grad(set_to_none=True)
-                self.scale /= 2.0
-                self.good_steps = 0
-                self.skipped += 1
-                log.debug("fp16 gradient overflow: step skipped, loss scale -> %g", self.scale)
-                return False
-            self.good_steps += 1
-            if self.good_steps % self.growth_interval == 0:
-                self.scale *= 2.0
-        return True
+        self.grad_scaler.scale(loss).backward()
+        if self.enabled:
+            self.grad_scaler.unscale_(opt)
+            grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+            if grads:
+                bad = torch.stack([~torch.isfinite(gr).all() for gr in grads]).any()
+                self._skipped += bad.to(self._skipped.device)
+
+    def step(self, opt: torch.optim.Optimizer) -> None:
+        """opt.step() unless a gradient is not finite, then the scale update."""
+        self.grad_scaler.step(opt)
+        self.grad_scaler.update()
 
     def state_dict(self) -> dict[str, float | int]:
-        return {"scale": self.scale, "good_steps": self.good_steps, "skipped": self.skipped}
+        return {**self.grad_scaler.state_dict(), "skipped": self.skipped}
 
     def load_state_dict(self, d: dict[str, float | int]) -> None:
-        self.scale = float(d["scale"])
-        self.good_steps = int(d["good_steps"])
-        self.skipped = int(d["skipped"])
+        if "good_steps" in d:  # written by the scaler that did not unscale
+            if float(d["scale"]) != 1.0:
+                raise TrainingError(
+                    "the TI checkpoint's optimizer state holds loss-scaled fp16 gradients "
+                    "(written by an older tinyshot); delete it"
+                )
+            return
+        self._skipped.fill_(int(d.get("skipped", 0)))
+        if self.enabled and "scale" in d:
+            self.grad_scaler.load_state_dict({k: v for k, v in d.items() if k != "skipped"})
 
 
 def _optimizer(params: list[torch.Tensor], cfg: SpecializeConfig) -> torch.optim.Optimizer:
     if cfg.ti_optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.ti_lr, weight_decay=cfg.ti_weight_decay)
     return torch.optim.Adam(params, lr=cfg.ti_lr)
+
+
+# TI reads its losses from the device every this many steps (and at log and checkpoint points).
+LOSS_READ_EVERY = 10
 
 
 def checkpoint_every_steps(cfg: SpecializeConfig) -> int:
@@ -201,8 +238,13 @@ def train_tokens(
     prompt_ids = model.tokenize([template.format(t) for t in tokens])
     per = cfg.ti_batch_size
     every = checkpoint_every_steps(cfg)
+    log_every = max(1, cfg.ti_steps // 10)
     saved, saved_at = start, time.monotonic()
-    recent: collections.deque[float] = collections.deque(maxlen=max(1, cfg.ti_steps // 10))
+    # Each step's loss stays on the device; they are read (and checked) every LOSS_READ_EVERY
+    # steps, at the log points, before a checkpoint and at the end, so a step never waits.
+    history = torch.zeros(cfg.ti_steps, device=model.device)
+    read = start  # losses of steps [start, read) have been read and were finite
+    recent: collections.deque[float] = collections.deque(maxlen=log_every)
     bar = progress(
         range(start, cfg.ti_steps),
         desc="textual inversion",
@@ -211,6 +253,20 @@ def train_tokens(
         disable=None if show_progress is None else not show_progress,
         logger=log,
     )
+
+    def read_losses(upto: int) -> None:
+        """Read the losses of steps [read, upto); a non-finite one ends the run."""
+        nonlocal read
+        if upto <= read:
+            return
+        values = history[read:upto].tolist()
+        for k, v in enumerate(values):
+            if not math.isfinite(v):
+                raise TrainingError(f"textual inversion diverged at step {read + k} (loss {v})")
+        recent.extend(v / n for v in values)
+        read = upto
+        bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
+
     done = start  # steps whose update is fully applied to vectors and optimizer state
     try:
         for step in bar:
@@ -218,28 +274,34 @@ def train_tokens(
             with injected_tokens(model, ids, vectors):
                 cond = model.text_encoder(prompt_ids)[0].float()
             cond = cond.repeat_interleave(per, 0)
-            losses = diffusion_loss(model, z0, cond, t, noise.to(model.device))
+            t, noise = to_device(t, model.device), to_device(noise, model.device)
+            losses = diffusion_loss(model, z0, cond, t, noise)
             loss = losses.view(n, per).mean(1).sum()
-            loss_val = float(loss.item())
-            if not math.isfinite(loss_val):
-                raise TrainingError(f"textual inversion diverged at step {step} (loss {loss_val})")
-            if scaler.backward(loss, [vectors], opt):
-                done = -1  # an interrupt inside opt.step would leave a half-applied update
-                opt.step()
+            history[step] = loss.detach()
+            scaler.backward(loss, opt)
+            done = -1  # an interrupt inside opt.step would leave a half-applied update
+            scaler.step(opt)
             done = step + 1
-            recent.append(loss_val / n)
-            bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
             due = done - saved >= every or time.monotonic() - saved_at >= cfg.ti_checkpoint_seconds
-            if state_path is not None and due and done < cfg.ti_steps:
+            save = state_path is not None and due and done < cfg.ti_steps
+            if save or done % LOSS_READ_EVERY == 0 or done % log_every == 0:
+                read_losses(done)
+            if save:
                 _save_state(state_path, vectors, opt, done, scaler)
                 saved, saved_at = done, time.monotonic()
-            if done % max(1, cfg.ti_steps // 10) == 0:
-                log.debug("TI step %d/%d loss per class %.5f", done, cfg.ti_steps, loss_val / n)
+            if done % log_every == 0:
+                log.debug("TI step %d/%d loss per class %.5f", done, cfg.ti_steps, recent[-1])
     except KeyboardInterrupt:
         if state_path is not None and done > saved and done < cfg.ti_steps:
+            try:
+                read_losses(done)
+            except TrainingError as e:
+                log.warning("textual inversion: interrupted, nothing kept: %s", e)
+                raise KeyboardInterrupt from None
             _save_state(state_path, vectors, opt, done, scaler)
             log.info("textual inversion: interrupted, step %d/%d kept", done, cfg.ti_steps)
         raise
+    read_losses(cfg.ti_steps)
     if scaler.skipped:
         log.info("textual inversion: %d fp16 overflow step(s) skipped", scaler.skipped)
     return vectors.detach().clone()

@@ -27,3 +27,11 @@ def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
     if dtype not in _DTYPES:
         raise ConfigError(f"--dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
     return _DTYPES[dtype]
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """t on device. From the CPU to a GPU through pinned memory, without waiting for the GPU
+    (a plain .to() from pageable memory synchronizes the stream)."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
