@@ -692,24 +692,28 @@ def build_sd15_model(
     seed: int = 0,
     width_divisor: int = 1,
     sample_size: int | None = None,
+    configs: dict[str, dict] | None = None,
+    tag: str | None = None,
 ) -> DiffusionModel:
     """SD 1.5's UNet, VAE and CLIP text encoder with random weights, and the real CLIP tokenizer.
 
     The same classes and configs as the hub model, so speed and memory are the real ones;
     the outputs are noise. fp16 on GPU by default, the text encoder stays fp32 (as loading).
+    `configs` replaces sd15_configs(width_divisor, sample_size) (e.g. sd15.rehearsal_configs),
+    `tag` the model id's prefix.
     """
     from tinyshot.diffusion.tokenizer import load_clip_tokenizer
 
     dev = resolve_device(device if device is None or isinstance(device, str) else str(device))
     dt = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, dev)
-    configs = sd15_configs(width_divisor, sample_size)
+    configs = configs or sd15_configs(width_divisor, sample_size)
     init_dev = _init_device(dev)
     with torch.random.fork_rng(devices=[init_dev] if init_dev.type == "cuda" else []):
         torch.manual_seed(seed)
         with init_dev:
             mods = _modules(configs)
     size = configs["unet"]["sample_size"] * 8
-    tag = "sd15" if width_divisor == 1 else f"sd15-w{width_divisor}"
+    tag = tag or ("sd15" if width_divisor == 1 else f"sd15-w{width_divisor}")
     model = DiffusionModel(
         unet=mods["unet"],
         text_encoder=mods["text_encoder"],
@@ -731,13 +735,15 @@ def save_sd15_folder(
     width_divisor: int = 1,
     sample_size: int | None = None,
     device: str | torch.device | None = "cpu",
+    configs: dict[str, dict] | None = None,
+    tag: str | None = None,
 ) -> Path:
     """Write a random-weight SD 1.5 in the standard diffusers layout (model_index.json, unet/,
     vae/, text_encoder/, tokenizer/, scheduler/), loadable by load_diffusion_model and diffusers.
 
     Weights are saved in fp32 (as the hub's main branch), 4.3 GB at full size.
     """
-    model = build_sd15_model(device, torch.float32, seed, width_divisor, sample_size)
+    model = build_sd15_model(device, torch.float32, seed, width_divisor, sample_size, configs, tag)
     out = model.save(folder)
     (out / TINYSHOT_JSON).unlink()  # a hub SD folder has no such file; load it the same way
     return out

@@ -155,6 +155,7 @@ class ViTBackbone(FeatureBackbone):
     """A transformers `ViTModel` (DINO ViT-B/16 for P>M>F); features = CLS token."""
 
     model_type = "vit"
+    arch_prefix = "vit"
 
     def __init__(
         self,
@@ -165,45 +166,43 @@ class ViTBackbone(FeatureBackbone):
         name, source, model = _resolve_model(name_or_path, model, self.model_type)
         cfg = model.config
         mean, std = _processor_stats(source)
-        super().__init__(input_size or int(cfg.image_size), mean=mean, std=std)
+        super().__init__(input_size or self.default_input_size(cfg), mean=mean, std=std)
         self.vit = model
         self.feature_dim = int(cfg.hidden_size)
         self.patch_size = int(cfg.patch_size)
         self.native_size = int(cfg.image_size)
         self.name = name
-        self.arch_id = f"vit-h{cfg.hidden_size}-l{cfg.num_hidden_layers}-p{cfg.patch_size}"
+        self.arch_id = (
+            f"{self.arch_prefix}-h{cfg.hidden_size}-l{cfg.num_hidden_layers}-p{cfg.patch_size}"
+        )
+
+    @staticmethod
+    def default_input_size(cfg: Any) -> int:
+        return int(cfg.image_size)
 
     def extract(self, x: torch.Tensor) -> torch.Tensor:
         out = self.vit(pixel_values=x, interpolate_pos_encoding=self.input_size != self.native_size)
         return out.last_hidden_state[:, 0]
 
 
-class Dinov2Backbone(FeatureBackbone):
+class Dinov2Backbone(ViTBackbone):
     """A transformers `Dinov2Model` (DINOv2 ViT-S/14, ViT-B/14); features = the CLS token after
     the final layernorm. Runs at 224 px by default whatever the config's image_size (518 in
     the published configs); Dinov2Model interpolates its position embeddings to the grid."""
 
     model_type = "dinov2"
+    arch_prefix = "dinov2"
 
-    def __init__(
-        self,
-        name_or_path: str | nn.Module,
-        input_size: int | None = None,
-        model: nn.Module | None = None,
-    ) -> None:
-        name, source, model = _resolve_model(name_or_path, model, self.model_type)
-        cfg = model.config
-        mean, std = _processor_stats(source)
-        super().__init__(input_size or DINOV2_INPUT_SIZE, mean=mean, std=std)
-        self.dinov2 = model
-        self.feature_dim = int(cfg.hidden_size)
-        self.patch_size = int(cfg.patch_size)
-        self.native_size = int(cfg.image_size)
-        self.name = name
-        self.arch_id = f"dinov2-h{cfg.hidden_size}-l{cfg.num_hidden_layers}-p{cfg.patch_size}"
+    @staticmethod
+    def default_input_size(cfg: Any) -> int:
+        return DINOV2_INPUT_SIZE
+
+    @property
+    def dinov2(self) -> nn.Module:
+        return self.vit
 
     def extract(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dinov2(pixel_values=x).pooler_output
+        return self.vit(pixel_values=x).pooler_output
 
 
 class ConvBackbone(FeatureBackbone):

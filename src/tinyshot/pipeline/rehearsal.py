@@ -78,31 +78,16 @@ def kill_points(fit_dir: Path, images: int) -> dict[str, Callable[[], bool]]:
 def prepare(out: Path, seed: int = 0) -> tuple[Path, Path, Path]:
     """The generator and teacher folders and the support images (kept between runs)."""
     import numpy as np
-    import torch
     from PIL import Image
 
-    from tinyshot.diffusion.model import DiffusionModel, _prepare_modules, make_ddim_scheduler
-    from tinyshot.diffusion.sd15 import _modules, rehearsal_configs, save_dino_folder
-    from tinyshot.diffusion.tokenizer import load_clip_tokenizer
+    from tinyshot.diffusion.model import save_sd15_folder
+    from tinyshot.diffusion.sd15 import rehearsal_configs, save_dino_folder
     from tinyshot.pipeline.scale_bench import RandomImages
 
     models = out / "models"
     sd, dino = models / "sd15-rehearsal", models / "dino-rehearsal"
     if not (sd / "model_index.json").is_file():
-        cfg = rehearsal_configs()
-        torch.manual_seed(seed)
-        mods = _modules(cfg)
-        model = DiffusionModel(
-            unet=mods["unet"],
-            text_encoder=mods["text_encoder"],
-            tokenizer=load_clip_tokenizer(),
-            scheduler=make_ddim_scheduler(cfg["scheduler"]),
-            vae=mods["vae"],
-            model_id="sd15-rehearsal-random-512px",
-            image_size=512,
-        )
-        _prepare_modules(model).save(sd)
-        (sd / "tinyshot.json").unlink()  # as a hub SD folder: loaded by the same code
+        save_sd15_folder(sd, seed=seed, configs=rehearsal_configs(), tag="sd15-rehearsal")
     if not (dino / "config.json").is_file():
         save_dino_folder(dino, seed=seed, width_divisor=16, full_input=True)
     data = out / "data"
