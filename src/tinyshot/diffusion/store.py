@@ -54,6 +54,7 @@ class ImageStore:
         if not (self.root / SETTINGS).is_file():
             raise DataError(f"{self.root}: not an image store (no {SETTINGS})")
         self.settings: dict[str, Any] = read_json(self.root / SETTINGS)
+        self._digests: dict[tuple, str] = {}
 
     # -- creation / resume ------------------------------------------------------------------
     @classmethod
@@ -154,14 +155,13 @@ class ImageStore:
         list: a teacher's and a student's view of one store share it)."""
         items = self.items() if items is None else items
         key = tuple((it.class_index, str(it.path)) for it in items)
-        cache = self.__dict__.setdefault("_digests", {})
-        if key not in cache:
+        if key not in self._digests:
             h = hashlib.sha256()
             for it in items:
                 h.update(f"{it.class_index}:{it.path.name}:".encode())
                 h.update(it.path.read_bytes())
-            cache[key] = h.hexdigest()
-        return cache[key]
+            self._digests[key] = h.hexdigest()
+        return self._digests[key]
 
     @property
     def class_names(self) -> list[str]:
@@ -221,11 +221,6 @@ class StoreView:
 
     def __len__(self) -> int:
         return len(self.items)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        side = self.size if self.mode == "exact" else None
-        return (len(self), 3, side or -1, side or -1)
 
     def __getitem__(self, key: slice | torch.Tensor | Sequence[int]) -> torch.Tensor:
         if isinstance(key, slice):
