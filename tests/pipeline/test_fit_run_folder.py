@@ -112,3 +112,35 @@ def test_a_class_with_one_image_is_warned_about(tmp_path, stop_at_generation):
     log = (run / "log.txt").read_text()
     assert "WARNING" in log and "'cats' have a single image (K=1)" in log
     assert "'dogs'" not in log.split("K=1")[0].rsplit("\n", 1)[-1]
+
+
+@pytest.mark.parametrize("where", ["file", "file/sub"])
+def test_out_at_or_below_a_file_is_a_clear_error(tmp_path, capsys, where):
+    data = _folder(tmp_path / "data", {"cats": 2, "dogs": 2})
+    (tmp_path / "file").write_text("x")
+    assert main(["fit", str(data), "--out", str(tmp_path / where)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"--out {tmp_path / where}" in err
+    assert ("is a file, not a folder" if where == "file" else "is a file, so no folder") in err
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_a_dataset_one_level_too_deep_names_the_folder_to_pass(tmp_path, capsys):
+    data = _folder(tmp_path / "data" / "animals", {"fish": 2, "cat": 2}).parent
+    assert main(["fit", str(data), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "found 1 class folder(s)" in err and "cat, fish" in err
+    assert f"pass {data / 'animals'}" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_class_folder_of_sub_folders_is_warned_about_by_name(
+    tmp_path, caplog, stop_at_generation
+):
+    data = tmp_path / "data"
+    _folder(data / "animals", {"fish": 2, "cat": 2})
+    _folder(data, {"dogs": 2})
+    with caplog.at_level("WARNING"):
+        main(["fit", str(data), "--out", str(tmp_path / "run")])
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("'animals'" in m and "cat, fish" in m and "one class" in m for m in said)

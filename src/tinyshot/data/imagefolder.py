@@ -110,6 +110,20 @@ def load_imagefolder(
     return ds
 
 
+def nested_class_folders(ds: ImageFolderDataset) -> dict[str, list[str]]:
+    """Class folders whose images all lie in two or more sub-folders: class name -> those
+    sub-folders (a dataset one level too deep, or classes grouped in a folder)."""
+    subs: dict[str, set[str]] = {}
+    direct: set[str] = set()
+    for p in ds.paths:
+        parts = Path(p).parts
+        if len(parts) == 2:
+            direct.add(parts[0])
+        else:
+            subs.setdefault(parts[0], set()).add(parts[1])
+    return {c: sorted(s) for c, s in subs.items() if c not in direct and len(s) >= 2}
+
+
 def validate_images(
     ds: FewShotDataset, indices: Sequence[int] | None = None, min_side: int = MIN_SIDE
 ) -> None:

@@ -47,6 +47,7 @@ from tinyshot.pipeline.episode import (
 )
 from tinyshot.pipeline.report_builder import VAL_NAME
 from tinyshot.pipeline.run_folder import (
+    check_out_is_a_folder,
     check_out_outside_data,
     check_run_folder,
     warn_few_images,
@@ -68,12 +69,34 @@ def default_fit_config() -> PipelineConfig:
 
 
 def _load_user_classes(data_dir: str | Path, config: PipelineConfig) -> EpisodeData:
-    from tinyshot.data.imagefolder import load_imagefolder, validate_images
+    from tinyshot.data.imagefolder import (
+        load_imagefolder,
+        nested_class_folders,
+        validate_images,
+    )
 
     ds = load_imagefolder(data_dir)
-    validate_images(ds)  # every bad file reported at once, before hours of work
+    nested = nested_class_folders(ds)
     if ds.num_classes < 2:
-        raise DataError(f"{data_dir}: found {ds.num_classes} class folder(s); fit needs at least 2")
+        hint = ""
+        if nested:
+            ((name, subs),) = nested.items()
+            hint = (
+                f"; its images lie in the sub-folders of {Path(data_dir) / name} "
+                f"({', '.join(subs)}): if those are the classes, pass {Path(data_dir) / name}"
+            )
+        raise DataError(
+            f"{data_dir}: found {ds.num_classes} class folder(s); fit needs at least 2{hint}"
+        )
+    for name, subs in nested.items():
+        log.warning(
+            "class folder %r holds no images of its own, only sub-folders (%s): they are all "
+            "taken as one class %r",
+            name,
+            ", ".join(subs),
+            name,
+        )
+    validate_images(ds)  # every bad file reported at once, before hours of work
     support_pil = [ds.load_images(ds.indices_of(c)) for c in range(ds.num_classes)]
     labels = [c for c, imgs in enumerate(support_pil) for _ in imgs]
     flat = [im for imgs in support_pil for im in imgs]
@@ -147,6 +170,7 @@ def fit(
     if holdout:  # changes what every stage sees; absent when 0 so older run folders resume
         record["holdout_per_class"] = holdout
     # Every check before the first write: a refused run leaves no folder and no changed file.
+    check_out_is_a_folder(out)
     check_out_outside_data(data_dir, out)
     data = _load_user_classes(data_dir, config)
     base_ds = _load_base(base, config, seed)

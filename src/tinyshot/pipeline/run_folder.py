@@ -37,6 +37,21 @@ def check_out_outside_data(data_dir: str | Path, out_dir: str | Path) -> None:
         )
 
 
+def check_out_is_a_folder(out_dir: str | Path) -> None:
+    """Refuse --out at an existing file, or below one, before anything is written."""
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out_dir}: is a file, not a folder; choose a run folder path")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(
+                    f"--out {out_dir}: {parent} is a file, so no folder can be made below it; "
+                    "choose a run folder path"
+                )
+            break
+
+
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(d, dict):
         return {prefix: d}
