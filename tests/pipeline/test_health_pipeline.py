@@ -112,3 +112,35 @@ def test_demo_report_opens_with_the_pooled_health_banner(fmnist, tmp_path):  # n
     assert "2 warning(s)" in html and "WARNING: episode 2: class &#x27;Sandal&#x27;" in html
     assert "synthetic images from tint (fail, teacher agreement 45.0%)" in html
     assert "75.0% of 8 images" in html
+
+
+def test_fit_stdout_says_each_generators_status_and_nothing_synthetic_without_images():
+    from tinyshot.pipeline.commands import health_lines
+
+    classes = [
+        {"generator": "tint", "class_name": c, "problems": [f"{c}: low agreement"]}
+        for c in ("cat", "dog")
+    ] + [{"generator": "tint", "class_name": "fox", "problems": []}]
+    health = {
+        "generators": {
+            "tint": {
+                "agreement": 0.234,
+                "chance": 1 / 3,
+                "status": "fail",
+                "failed_classes": ["cat"],
+                "warned_classes": ["dog"],
+            }
+        },
+        "classes": classes,
+        "warnings": ["the teacher's student member is left out", "cat: low agreement"],
+    }
+    lines = health_lines(health)
+    assert lines[0] == (
+        "health:  tint synthetic images fail: teacher agreement 23.4% (chance 33.3%), "
+        "1 of 3 classes fail (cat), 1 of 3 warn (dog)"
+    )
+    assert lines[1] == "health:  1 note(s) about the run; see the log"
+    # a support-only fit made no synthetic images: its one note is not about them
+    only_note = health_lines({"generators": {}, "classes": [], "warnings": ["a note"]})
+    assert only_note == ["health:  1 note(s) about the run; see the log"]
+    assert health_lines({"generators": {}, "classes": [], "warnings": []}) == []
