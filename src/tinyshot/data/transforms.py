@@ -194,6 +194,29 @@ def resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
     return (y.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
+def shrink_uint8(x: torch.Tensor, size: int | None) -> torch.Tensor:
+    """uint8 (N,C,H,W) as a teacher takes generated images: shrunk only when larger than its
+    input size (it resizes smaller ones itself)."""
+    if size is not None and x.shape[-1] > size:
+        return resize_uint8(x, size)
+    return x.contiguous()
+
+
+def exact_uint8(x: torch.Tensor, size: int, chunk: int = 1000) -> torch.Tensor:
+    """uint8 (N,3,H,W) at exactly `size` by the resize a student's real images get
+    (images_to_uint8), so a generated image equal to a prepared support is that support."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x.contiguous()
+    out = [
+        images_to_uint8(
+            [Image.fromarray(a, mode="RGB") for a in x[i : i + chunk].permute(0, 2, 3, 1).numpy()],
+            size,
+        )
+        for i in range(0, len(x), chunk)
+    ]
+    return torch.cat(out) if out else torch.empty(0, 3, size, size, dtype=torch.uint8)
+
+
 def frame_brightness(images: torch.Tensor, width: int = 2) -> float:
     """Mean value in [0,1] of the outer `width`-pixel frame of (N,C,H,W) images (uint8 or float)."""
     x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()

@@ -28,8 +28,9 @@ from PIL import Image
 from tinyshot.data.transforms import (
     ImagePrep,
     crop_generator_frame,
-    images_to_uint8,
+    exact_uint8,
     resize_uint8,
+    shrink_uint8,
 )
 from tinyshot.errors import ConfigError, DataError
 from tinyshot.utils.io import atomic_write, read_json, write_json
@@ -242,14 +243,7 @@ class StoreView:
             raise DataError(f"{self.store.root}: images of different sizes {sorted(sides)}")
         x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2)
         x = crop_generator_frame(x, self.prep.at_side(x.shape[-1]))
-        if self.mode == "exact":
-            if x.shape[-2:] == (self.size, self.size):
-                return x.contiguous()
-            pil = [Image.fromarray(a) for a in x.permute(0, 2, 3, 1).numpy()]
-            return images_to_uint8(pil, self.size)
-        if self.size is not None and x.shape[-1] > self.size:
-            return resize_uint8(x, self.size)
-        return x.contiguous()
+        return exact_uint8(x, self.size) if self.mode == "exact" else shrink_uint8(x, self.size)
 
     def source_id(self) -> str:
         """sha256 of the view's settings and of the store's image files: it changes whenever

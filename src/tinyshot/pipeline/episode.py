@@ -44,8 +44,9 @@ from tinyshot.data.base import FewShotDataset
 from tinyshot.data.episodes import Episode
 from tinyshot.data.transforms import (
     crop_generator_frame,
+    exact_uint8,
     images_to_uint8,
-    resize_uint8,
+    shrink_uint8,
     teacher_view,
 )
 from tinyshot.diffusion.config import DEMO_DDIM_STEPS
@@ -204,26 +205,14 @@ def _as_uint8(x: torch.Tensor) -> torch.Tensor:
 def teacher_synthetic(x: torch.Tensor, prep: Any, size: int | None) -> torch.Tensor:
     """Generated images as the teacher sees them: without the generator's pad frame, shrunk
     only when larger than its input size (in-memory form of StoreView's "shrink" mode)."""
-    x = crop_generator_frame(_as_uint8(x), prep)
-    if size is not None and x.shape[-1] > size:
-        x = resize_uint8(x, size)
-    return x
+    return shrink_uint8(crop_generator_frame(_as_uint8(x), prep), size)
 
 
 def student_synthetic(x: torch.Tensor, prep: Any, size: int, chunk: int = 1000) -> torch.Tensor:
     """Generated images as the student sees them: without the pad frame, at its input size, by
-    the same resize its real images get (_uint8), so a generated image equal to a prepared
-    support is exactly that support to the student (in-memory form of StoreView's "exact")."""
-    from PIL import Image
-
-    x = crop_generator_frame(_as_uint8(x), prep)
-    if x.shape[-1] == size and x.shape[-2] == size:
-        return x.contiguous()
-    out = []
-    for i in range(0, len(x), chunk):
-        arrs = x[i : i + chunk].permute(0, 2, 3, 1).numpy()
-        out.append(_uint8([Image.fromarray(a, mode="RGB") for a in arrs], size))
-    return torch.cat(out) if out else torch.empty(0, 3, size, size, dtype=torch.uint8)
+    the same resize its real images get, so a generated image equal to a prepared support is
+    exactly that support to the student (in-memory form of StoreView's "exact")."""
+    return exact_uint8(crop_generator_frame(_as_uint8(x), prep), size, chunk)
 
 
 def generator_prep(config: PipelineConfig) -> Any:
