@@ -110,7 +110,10 @@ def test_demo_report_opens_with_the_pooled_health_banner(fmnist, tmp_path):  # n
     html = build_demo_report(tmp_path, results, [ep], support_ds, query_ds, cfg).read_text()
     assert html.index('class="health"') < html.index("<h2>")
     assert "2 warning(s)" in html and "WARNING: episode 2: class &#x27;Sandal&#x27;" in html
-    assert "synthetic images from tint (fail, teacher agreement 45.0%)" in html
+    assert (
+        "tint synthetic images fail: teacher agreement 45.0% (chance 50.0%), 2 of 2 episodes fail"
+        in html
+    )
     assert "75.0% of 8 images" in html
 
 
@@ -126,6 +129,7 @@ def test_fit_stdout_says_each_generators_status_and_nothing_synthetic_without_im
             "tint": {
                 "agreement": 0.234,
                 "chance": 1 / 3,
+                "classes": 3,
                 "status": "fail",
                 "failed_classes": ["cat"],
                 "warned_classes": ["dog"],
@@ -137,7 +141,7 @@ def test_fit_stdout_says_each_generators_status_and_nothing_synthetic_without_im
     lines = health_lines(health)
     assert lines[0] == (
         "health:  tint synthetic images fail: teacher agreement 23.4% (chance 33.3%), "
-        "1 of 3 classes fail (cat), 1 of 3 warn (dog)"
+        "1 of 3 classes fail (cat), 1 of 3 classes warn (dog)"
     )
     assert lines[1] == "health:  1 note(s) about the run; see the log"
     # a support-only fit made no synthetic images: its one note is not about them

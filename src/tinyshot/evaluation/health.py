@@ -25,6 +25,7 @@ Everything here is plain data (`HealthReport.to_dict()` goes into fit.json/resul
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -83,7 +84,27 @@ HEADROOM_WARN = 0.03
 
 MAX_BANNER_WARNINGS = 15  # the rest are in health.json / results.json
 
-ADVICE = "use a generator that can draw the class, or --method support+base"
+OFFLINE_DRAWS = "the shipped offline generators draw only Fashion-MNIST clothing or glyphs"
+
+
+def remedy(fit: bool = False, has_base: bool = True) -> str:
+    """What to do when a generator does not draw a class, in options that run where it is said.
+
+    `fit` names fit's options (--method support+base fails without --base, so a fit without one
+    is offered support-only first); elsewhere (demo, benchmark) the method names."""
+    generator = f"a generator that can draw the class ({OFFLINE_DRAWS})"
+    if not fit:
+        return f"use {generator}, or compare with the support+base method, which needs none"
+    generator = f"--generator with a Stable Diffusion 1.5 folder or hub id ({OFFLINE_DRAWS})"
+    if has_base:
+        return f"pass {generator}, or --method support+base, which needs no generator"
+    return (
+        f"pass {generator}, or --method support-only, or --method support+base --base DIR "
+        "(labelled images of other classes, one folder per class)"
+    )
+
+
+ADVICE = remedy()
 
 
 def teacher_headroom(accuracy: dict[str, float]) -> dict[str, Any] | None:
@@ -151,7 +172,8 @@ class ClassHealth:
     support_distance: float | None = None  # mean cosine distance to nearest class support
     support_spread: float | None = None  # same among the class's supports (leave-one-out)
     status: str = "ok"  # ok | warn | fail
-    problems: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # warnings (agreement fails or warns)
+    information: list[str] = field(default_factory=list)  # unusual figures, agreement passes
 
     @property
     def chance(self) -> float:
@@ -314,52 +336,53 @@ def support_distances(
     return out
 
 
-def judge(h: ClassHealth) -> ClassHealth:
-    """Set status and problems (one sentence each: class, figure, threshold, what to do)."""
+def judge(h: ClassHealth, advice: str = ADVICE) -> ClassHealth:
+    """Set status, problems and information (one sentence each: class, figure, threshold).
+
+    Teacher agreement decides: the TI-loss, NTI and distance figures explain a class whose
+    images fail or warn on agreement, and are information only when its images pass it (TI's
+    loss barely drops on classes whose images the teacher labels 86-95% right)."""
     who = f"class {h.class_name!r}, generator {h.generator}"
-    h.problems = []
+    h.problems, h.information = [], []
     status = "ok"
     if h.images and h.agreement < h.agreement_floor():
         status = "fail"
         h.problems.append(
             f"{who}: the teacher labels {100 * h.agreement:.1f}% of its {h.images} synthetic "
             f"images as {h.class_name!r}, chance is {100 * h.chance:.1f}% (needs > "
-            f"{100 * h.agreement_floor():.1f}%): the generator does not draw this class; {ADVICE}"
+            f"{100 * h.agreement_floor():.1f}%): the generator does not draw this class; {advice}"
         )
     elif h.images and h.agreement < AGREEMENT_WARN:
         status = "warn"
         h.problems.append(
             f"{who}: the teacher labels only {100 * h.agreement:.1f}% of its {h.images} synthetic "
             f"images as {h.class_name!r} (chance {100 * h.chance:.1f}%, warning below "
-            f"{100 * AGREEMENT_WARN:.0f}%): most images teach another class; {ADVICE}"
+            f"{100 * AGREEMENT_WARN:.0f}%): most images teach another class; {advice}"
         )
+    figures = []
     drop = h.ti_relative_drop
     if drop is not None and drop < TI_MIN_RELATIVE_DROP:
-        status = "warn" if status == "ok" else status
-        h.problems.append(
-            f"{who}: textual inversion support loss {h.ti_loss_init:.5f} -> "
-            f"{h.ti_loss_final:.5f} ({-100 * drop:+.1f}%, warning below a "
-            f"{100 * TI_MIN_RELATIVE_DROP:.0f}% drop): the class token learned little; more "
-            f"--ti-steps, or {ADVICE}"
+        figures.append(
+            f"textual inversion support loss {h.ti_loss_init:.5f} -> {h.ti_loss_final:.5f} "
+            f"({-100 * drop:+.1f}%, usual: a drop of {100 * TI_MIN_RELATIVE_DROP:.0f}% or more): "
+            "the class token moved the model's prediction little"
         )
     if h.nti_psnr_db is not None:
         bar = NTI_MIN_PSNR_DB if h.nti_psnr_space == "image" else NTI_MIN_LATENT_PSNR_DB
         if h.nti_psnr_db < bar:
-            status = "warn" if status == "ok" else status
-            h.problems.append(
-                f"{who}: null-text inversion reconstructs the supports at {h.nti_psnr_db:.1f} dB "
-                f"PSNR ({h.nti_psnr_space} space, warning below {bar:.0f} dB): TINT's images "
-                "start from poor inversions; more nti_inner_steps / num_inference_steps, or "
-                f"{ADVICE}"
+            figures.append(
+                f"null-text inversion reconstructs the supports at {h.nti_psnr_db:.1f} dB PSNR "
+                f"({h.nti_psnr_space} space, usual: {bar:.0f} dB or more): TINT's images start "
+                "from poor inversions"
             )
     ratio = h.distance_ratio
     if ratio is not None and ratio > DISTANCE_RATIO_WARN:
-        status = "warn" if status == "ok" else status
-        h.problems.append(
-            f"{who}: synthetic images are {ratio:.1f}x farther from the class's supports than "
-            f"the supports are from each other (teacher features, warning above "
-            f"{DISTANCE_RATIO_WARN:.0f}x): they are off the class's distribution; {ADVICE}"
+        figures.append(
+            f"synthetic images are {ratio:.1f}x farther from the class's supports than the "
+            f"supports are from each other (teacher features, usual: {DISTANCE_RATIO_WARN:.0f}x "
+            "or less): they are off the class's distribution"
         )
+    (h.problems if status != "ok" else h.information).extend(f"{who}: {f}" for f in figures)
     h.status = status
     return h
 
@@ -419,6 +442,13 @@ class HealthReport:
     def warnings(self) -> list[str]:
         return [*self.notes, *self.problems()]
 
+    def information(self) -> list[str]:
+        """Unusual figures of classes whose images pass the agreement check: no warning."""
+        seen: list[str] = []
+        for h in self.classes:
+            seen.extend(p for p in h.information if p not in seen)
+        return seen
+
     def generator_summary(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         for g in dict.fromkeys(h.generator for h in self.classes):
@@ -427,6 +457,7 @@ class HealthReport:
             out[g] = {
                 "agreement": sum(h.agreement * h.images for h in hs) / n if n else None,
                 "chance": 1.0 / self.ways,
+                "classes": len(hs),
                 "status": "fail"
                 if any(h.status == "fail" for h in hs)
                 else ("warn" if any(h.status == "warn" for h in hs) else "ok"),
@@ -443,21 +474,19 @@ class HealthReport:
             "classes": [h.to_dict() for h in self.classes],
             "real_image_estimate": self.real,
             "warnings": self.warnings(),
+            "information": self.information(),
             "thresholds": thresholds(),
         }
 
     def log_warnings(self, logger: Any = log) -> None:
         for w in self.problems():  # the notes were logged where they arose
             logger.warning("health: %s", w)
+        for i in self.information():
+            logger.info("health (information): %s", i)
         for g, s in self.generator_summary().items():
             if s["agreement"] is not None:
-                logger.info(
-                    "health: %s synthetic images: teacher agreement %.1f%% (chance %.1f%%), %s",
-                    g,
-                    100 * s["agreement"],
-                    100 * s["chance"],
-                    s["status"],
-                )
+                level = logging.INFO if s["status"] == "ok" else logging.WARNING
+                logger.log(level, "health: %s", status_line(g, s))
         t = self.real.get("teacher_loo")
         if t and t.get("images"):
             logger.info(
@@ -466,6 +495,29 @@ class HealthReport:
                 100 * t["accuracy"],
                 t["images"],
             )
+
+
+def status_line(generator: str, info: dict[str, Any]) -> str:
+    """One generator's health in a line: status, agreement against chance, how many classes
+    (or, pooled over a multi-episode run, episodes) fail or warn."""
+    agree = info.get("agreement")
+    figure = "n/a" if agree is None else f"{100 * agree:.1f}%"
+    said = [f"teacher agreement {figure} (chance {100 * (info.get('chance') or 0):.1f}%)"]
+    if "episodes" in info:
+        n, unit = info["episodes"], "episodes"
+        failed, warned = info.get("episodes_failed", 0), info.get("episodes_warned", 0)
+    else:
+        fc, wc = info.get("failed_classes", []), info.get("warned_classes", [])
+        n, failed, warned, unit = info.get("classes", "?"), len(fc), len(wc), "classes"
+    if failed:
+        names = "" if unit == "episodes" else f" ({', '.join(info['failed_classes'])})"
+        said.append(f"{failed} of {n} {unit} fail{names}")
+    if warned:
+        names = "" if unit == "episodes" else f" ({', '.join(info['warned_classes'])})"
+        said.append(f"{warned} of {n} {unit} warn{names}")
+    if not failed and not warned:
+        said.append(f"all {n} {unit} pass")
+    return f"{generator} synthetic images {info.get('status', 'n/a')}: {', '.join(said)}"
 
 
 def thresholds() -> dict[str, float]:
@@ -491,9 +543,11 @@ def assess(
     spec_dir: str | Path | None,
     sources: list[str],
     notes: Sequence[str] = (),
+    advice: str = ADVICE,
 ) -> HealthReport:
     """All figures for the generators in `soft_labels` (teacher already holds the supports);
-    notes are run-level warnings the report leads with.
+    notes are run-level warnings the report leads with, `advice` ends a failing class's
+    warning (`remedy`: the options that run where the warning is read).
 
     Costs one teacher feature pass over the supports and over at most DISTANCE_MAX_PER_CLASS
     synthetic images per class and generator; everything else is read from what exists.
@@ -539,7 +593,7 @@ def assess(
                 support_distance=dists[c][0],
                 support_spread=dists[c][1],
             )
-            report.classes.append(judge(h))
+            report.classes.append(judge(h, advice))
     return report
 
 
@@ -656,6 +710,7 @@ def combine_episodes(per_episode: Sequence[dict[str, Any] | None]) -> dict[str, 
         "chance": eps[0][1].get("chance"),
         "generators": generators,
         "warnings": [f"episode {i + 1}: {w}" for i, h in eps for w in h.get("warnings", [])],
+        "information": [f"episode {i + 1}: {w}" for i, h in eps for w in h.get("information", [])],
         "real_image_estimate": {
             "teacher_loo": {
                 "accuracy": correct / images if images else None,
@@ -692,8 +747,15 @@ def banner_html(health: dict[str, Any], method_label: str | None = None) -> str:
 
     warns = health.get("warnings") or []
     gens = health.get("generators") or {}
-    color = "#fdecea" if warns else "#edf7ed"
-    border = "#d93025" if warns else "#2e7d32"
+    sources = health.get("sources", [])
+    failing = any(info.get("status") == "fail" for info in gens.values())
+    color, border = (
+        ("#fdecea", "#d93025")
+        if failing
+        else ("#fff4e5", "#ed6c02")
+        if warns
+        else ("#edf7ed", "#2e7d32")
+    )
     parts = [
         f'<div class="health" style="background:{color};border:2px solid {border};'
         'padding:.6em 1em;margin:1em 0;border-radius:4px">'
@@ -702,29 +764,26 @@ def banner_html(health: dict[str, Any], method_label: str | None = None) -> str:
         f" ({html.escape(method_label)})" if method_label else ""
     )
     parts.append(f"<strong>{head}</strong>")
-    src = []
-    for s in health.get("sources", []):
-        if s.startswith("synthetic:"):
-            g = s.split(":", 1)[1]
-            info = gens.get(g, {})
-            a = info.get("agreement")
-            fig = "" if a is None else f", teacher agreement {100 * a:.1f}%"
-            src.append(f"synthetic images from {g} ({info.get('status', 'n/a')}{fig})")
-        elif s == "base":
-            src.append("teacher-labelled base-class images")
-        else:
-            src.append("the labelled support images")
+    status = []
+    for g, info in gens.items():
+        if info.get("agreement") is None:
+            continue
+        unused = "" if f"synthetic:{g}" in sources or not sources else " (not used by this student)"
+        status.append(f"<li>{html.escape(status_line(g, info) + unused)}</li>")
+    if status:
+        parts.append(f"<ul>{''.join(status)}</ul>")
+    src = [
+        f"synthetic images from {s.split(':', 1)[1]}"
+        if s.startswith("synthetic:")
+        else (
+            "teacher-labelled base-class images" if s == "base" else "the labelled support images"
+        )
+        for s in sources
+    ]
     if src:
         parts.append(
             "<p>The student learned from: " + html.escape("; ".join(src)) + f". Chance is "
             f"{100 * health.get('chance', 0):.1f}%.</p>"
-        )
-    for g, info in gens.items():
-        if f"synthetic:{g}" in health.get("sources", []) or info.get("agreement") is None:
-            continue
-        parts.append(
-            f"<p>{html.escape(g)} synthetic images (not used by this student): teacher agreement "
-            f"{100 * info['agreement']:.1f}%, {html.escape(info['status'])}.</p>"
         )
     if warns:
         more = len(warns) - MAX_BANNER_WARNINGS
@@ -732,6 +791,17 @@ def banner_html(health: dict[str, Any], method_label: str | None = None) -> str:
         if more > 0:
             items += f"<li>... and {more} more (health block of the run's JSON)</li>"
         parts.append(f"<ul>{items}</ul>")
+    info_lines = health.get("information") or []
+    if info_lines:
+        shown = info_lines[:MAX_BANNER_WARNINGS]
+        items = "".join(f"<li>{html.escape(i)}</li>" for i in shown)
+        if len(info_lines) > len(shown):
+            items += f"<li>... and {len(info_lines) - len(shown)} more (the run's JSON)</li>"
+        parts.append(
+            f"<details><summary>{len(info_lines)} figure(s) outside their usual range, on "
+            "classes whose images pass the agreement check (information, not a warning)"
+            f"</summary><ul>{items}</ul></details>"
+        )
     real = health.get("real_image_estimate") or {}
     lines = []
     t = real.get("teacher_loo")

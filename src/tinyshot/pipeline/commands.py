@@ -220,29 +220,17 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def health_lines(health: dict[str, Any]) -> list[str]:
-    """One stdout line per generator (status, agreement against chance, how many classes
-    failed or warned), then the run's notes; nothing about synthetic images when none were
-    made."""
-    lines = []
-    classes = health.get("classes", [])
-    for g, info in health.get("generators", {}).items():
-        n = sum(1 for c in classes if c.get("generator") == g) or "?"
-        failed, warned = info.get("failed_classes", []), info.get("warned_classes", [])
-        agree = info.get("agreement")
-        figure = "n/a" if agree is None else f"{100 * agree:.1f}%"
-        said = [f"teacher agreement {figure} (chance {100 * info.get('chance', 0):.1f}%)"]
-        if failed:
-            said.append(f"{len(failed)} of {n} classes fail ({', '.join(failed)})")
-        if warned:
-            said.append(f"{len(warned)} of {n} warn ({', '.join(warned)})")
-        lines.append(
-            f"health:  {g} synthetic images {info.get('status', 'n/a')}: {', '.join(said)}"
-        )
-    problems = {p for c in classes for p in c.get("problems", [])}
+    """One stdout line per generator (evaluation.health.status_line), then the run's notes;
+    nothing about synthetic images when none were made."""
+    from tinyshot.evaluation.health import status_line
+
+    gens = health.get("generators", {})
+    lines = [f"health:  {status_line(g, info)}" for g, info in gens.items()]
+    problems = {p for c in health.get("classes", []) for p in c.get("problems", [])}
     notes = [w for w in health.get("warnings", []) if w not in problems]
     if notes:
         lines.append(f"health:  {len(notes)} note(s) about the run; see the log")
-    if lines and any(info.get("status") != "ok" for info in health.get("generators", {}).values()):
+    if any(info.get("status") != "ok" for info in gens.values()):
         lines.append("health:  details in the report's banner and health.json")
     return lines
 

@@ -404,7 +404,7 @@ def _run_demo(out: Path, config: DemoConfig, world: World) -> dict[str, Any]:
         if generators
         else None
     )
-    from tinyshot.evaluation.health import combine_episodes, teacher_headroom
+    from tinyshot.evaluation.health import combine_episodes, status_line, teacher_headroom
 
     headroom = teacher_headroom({m: s["mean"] for m, s in summary.items()})
     if headroom and headroom["warning"]:
@@ -418,16 +418,7 @@ def _run_demo(out: Path, config: DemoConfig, world: World) -> dict[str, Any]:
     )
     for g, s in health.get("generators", {}).items():
         if s["status"] != "ok":
-            log.warning(
-                "health: %s synthetic images: %s in %d of %d episodes (teacher agreement %.1f%%, "
-                "chance %.1f%%); details in report.html",
-                g,
-                "failed" if s["status"] == "fail" else "warnings",
-                s["episodes_failed"] or s["episodes_warned"],
-                s["episodes"],
-                100 * (s["agreement"] or 0.0),
-                100 * s["chance"],
-            )
+            log.warning("health: %s; details in report.html", status_line(g, s))
     results = {
         "format": "tinyshot.demo-results",
         "version": 1,

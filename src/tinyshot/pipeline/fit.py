@@ -350,7 +350,7 @@ def _fit_health(
     notes: Sequence[str] = (),
 ) -> Any:
     """Health figures of this fit (evaluation.health), logged and written to health.json."""
-    from tinyshot.evaluation.health import assess, intended_labels
+    from tinyshot.evaluation.health import assess, intended_labels, remedy
 
     report = assess(
         teacher=teacher,
@@ -363,6 +363,7 @@ def _fit_health(
         spec_dir=out / "specialize" if (out / "specialize").is_dir() else None,
         sources=sources_of(method, data.base is not None),
         notes=notes,
+        advice=remedy(fit=True, has_base=data.base is not None),
     )
     if held is not None:
         seen = held[2] if held[2] is not None else held[0]
@@ -379,8 +380,9 @@ def _fit_health(
 
 
 def _stop_unhealthy(report: Any, out: Path) -> None:
-    from tinyshot.evaluation.health import ADVICE, HealthError
+    from tinyshot.evaluation.health import HealthError, remedy
 
+    advice = remedy(fit=True, has_base="base" in report.sources)
     failed = "; ".join(
         f"{h.class_name!r} ({h.generator}: teacher agreement {100 * h.agreement:.1f}%, "
         f"chance {100 * h.chance:.1f}%)"
@@ -389,5 +391,5 @@ def _stop_unhealthy(report: Any, out: Path) -> None:
     raise HealthError(
         f"--strict: synthetic images failed the health check for {failed}; nothing was "
         f"distilled. Finished stages are kept in {out} (figures in {out / 'health.json'}); "
-        f"{ADVICE}, or rerun without --strict to distill anyway"
+        f"{advice}, or rerun without --strict to distill anyway"
     )

@@ -71,7 +71,7 @@ class RandomImages:
 
 def write_store(root: Path, n: int, size: int, store_size: int | None, seed: int = 0):
     """N images at `size`, class after class in the generator's order, in the store format."""
-    from tinyshot.diffusion.store import ImageStore
+    from tinyshot.diffusion.store import ImageStore, folder_name
 
     per_class = -(-n // len(CLASSES))
     settings: dict[str, Any] = {
@@ -97,7 +97,7 @@ def write_store(root: Path, n: int, size: int, store_size: int | None, seed: int
                 "seed": seed,
                 "alpha": 1.0,
                 "class_name": CLASSES[c],
-                "path": f"images/{c:03d}/{j:06d}.png",
+                "path": f"images/{folder_name(CLASSES[c])}/{j:06d}.png",
             }
             for c, j in batch
         ]

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tinyshot.evaluation.health import headroom_line, teacher_headroom
+from tinyshot.evaluation.health import headroom_line, status_line, teacher_headroom
 from tinyshot.pipeline.benchmark.statistics import method_statistics, paired_differences
 from tinyshot.pipeline.benchmark.store import RESULTS_FORMAT, VERSION
 from tinyshot.utils.io import read_json, write_json
@@ -122,12 +122,7 @@ class BenchmarkResult:
             console.print(p)
         for g, s in (self.health.get("generators") or {}).items():
             if s["agreement"] is not None:
-                console.print(
-                    f"health: {g} synthetic images, teacher agreement {100 * s['agreement']:.1f}% "
-                    f"(chance {100 * s['chance']:.1f}%), {s['status']}: failed in "
-                    f"{s['episodes_failed']}, warned in {s['episodes_warned']} of "
-                    f"{s['episodes']} episodes"
-                )
+                console.print(f"health: {status_line(g, s)}", markup=False)
         if (hr := self.teacher_headroom) is not None:
             console.print(
                 headroom_line(hr) + (f". WARNING: {hr['warning']}" if hr["warning"] else "")
