@@ -117,3 +117,32 @@ def test_sampling_at_untested_step_counts_warns(model, tmp_path, monkeypatch, ca
     with caplog.at_level("WARNING"):
         generate_from_names(model, ["a", "b"], n_per_class=1, out_dir=tmp_path, steps=3)
     assert any("measured at 2 steps" in r.getMessage() for r in caplog.records)
+
+
+def test_images_are_saved_under_class_name_folders(model, tmp_path):
+    kw = dict(steps=2, guidance=2.0, seed=3, batch_size=2)
+    names = ["T-shirt/top", "Dress", "dress"]
+    store = generate_from_names(model, names, n_per_class=1, out_dir=tmp_path / "s", **kw)
+    folders = sorted(p.name for p in (tmp_path / "s" / "images").iterdir())
+    assert folders == ["Dress", "T-shirt_top", "dress-2"]  # "/" made safe; a case clash split
+    assert [it.path.parent.name for it in store.items()] == ["T-shirt_top", "Dress", "dress-2"]
+
+
+def test_a_store_begun_in_numbered_folders_resumes_in_them(model, tmp_path):
+    kw = dict(steps=2, guidance=2.0, seed=3, batch_size=1)
+    root = tmp_path / "s"
+    part = generate_from_names(model, ["a", "b"], n_per_class=1, out_dir=root, **kw)
+    for it in part.items():  # the layout before class-name folders: images/000/000000.png
+        numbered = root / "images" / f"{it.class_index:03d}" / it.path.name
+        numbered.parent.mkdir()
+        it.path.rename(numbered)
+    manifest = root / "manifest.jsonl"
+    text = manifest.read_text().replace('"images/a/', '"images/000/')
+    manifest.write_text(text.replace('"images/b/', '"images/001/'))
+    grown = generate_from_names(model, ["a", "b"], n_per_class=2, out_dir=root, **kw)
+    assert [str(it.path.relative_to(root)) for it in grown.items()] == [
+        "images/000/000000.png",
+        "images/000/000001.png",
+        "images/001/000000.png",
+        "images/001/000001.png",
+    ]

@@ -371,6 +371,7 @@ def _fill_store(
     items = [(c, j) for j in range(n_per_class) for c in range(n)]
     batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
     done = store.done_keys()
+    folders = store.class_folders(class_names)
     todo = [b for b in batches if not all(it in done for it in b)]
     if len(todo) < len(batches):
         log.info(
@@ -404,7 +405,7 @@ def _fill_store(
                     if key in done:
                         continue
                     r["class_name"] = class_names[r["class_index"]]
-                    r["path"] = f"images/{r['class_index']:03d}/{r['index']:06d}.png"
+                    r["path"] = f"images/{folders[r['class_index']]}/{r['index']:06d}.png"
                     recs.append(r)
                     keep.append(arr)
                 if pending is not None:

@@ -1,4 +1,4 @@
-"""On-disk synthetic image set: PNGs under images/<class>/ plus manifest.jsonl and
+"""On-disk synthetic image set: PNGs under images/<class name>/ plus manifest.jsonl and
 generation.json (the settings). Each manifest line is appended only after its PNG is in
 place, so a killed job leaves a consistent set that generation resumes from.
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -37,6 +38,12 @@ from tinyshot.utils.io import atomic_write, read_json, write_json
 
 MANIFEST = "manifest.jsonl"
 SETTINGS = "generation.json"
+_UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f]')
+
+
+def folder_name(class_name: str) -> str:
+    """A class name as one folder name ("T-shirt/top" -> "T-shirt_top"), safe on every OS."""
+    return _UNSAFE.sub("_", class_name).strip(" .") or "_"
 
 
 class StoreItem(NamedTuple):
@@ -134,6 +141,28 @@ class ImageStore:
                 continue
             recs[(int(r["class_index"]), int(r["index"]))] = r
         return [recs[k] for k in sorted(recs)]
+
+    def class_folders(self, class_names: Sequence[str]) -> list[str]:
+        """Folder under images/ per class: the class name made safe, or the folder the store
+        already uses for the class (a store begun with numbered folders resumes in them).
+        Names that clash (also by case, for case-insensitive disks) get "-<class index>"."""
+        used = {
+            int(r["class_index"]): Path(r["path"]).parent.name
+            for r in self.records()
+            if "path" in r
+        }
+        taken = {f.lower() for f in used.values()}
+        out = []
+        for c, name in enumerate(class_names):
+            if c in used:
+                out.append(used[c])
+                continue
+            f = folder_name(name)
+            if f.lower() in taken:
+                f = f"{f}-{c}"
+            taken.add(f.lower())
+            out.append(f)
+        return out
 
     def done_keys(self) -> set[tuple[int, int]]:
         return {(int(r["class_index"]), int(r["index"])) for r in self.records()}
