@@ -8,7 +8,7 @@ are prepared exactly as the pipeline prepares them for the teacher (`load_episod
 teacher view: the 28 px originals). The member `student` is the pipeline's: the student's
 base-class pretraining (the shipped Conv4 at 32 px), which resizes images as the student does.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python scripts/tune_teacher.py --episodes 5 --queries 150 \
+    OMP_NUM_THREADS=1 PYTHONPATH=src python experiments/tune_teacher.py --episodes 5 --queries 150 \
         --out runs/tune-teacher
 """
 

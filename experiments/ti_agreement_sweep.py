@@ -6,9 +6,9 @@ concept-known world. On train-split episodes (supports from Fashion-MNIST's nove
 then 50 images per class are generated at each guidance with the pipeline's generation seed,
 and labelled by the episode's teacher (the pipeline's, supports set) and by the judge.
 
-    PYTHONPATH=src python scripts/ti_agreement_sweep.py runs/ti-sweep --episodes 2 \\
+    PYTHONPATH=src python experiments/ti_agreement_sweep.py runs/ti-sweep --episodes 2 \\
         --ti 150:0.01 500:0.01 --guidance 3 5 7.5
-    PYTHONPATH=src python scripts/ti_agreement_sweep.py runs/ti-sweep --episodes 2 \\
+    PYTHONPATH=src python experiments/ti_agreement_sweep.py runs/ti-sweep --episodes 2 \\
         --ti 150:0.01 --guidance 3 --ddim-steps 10 25 50
 
 `--ddim-steps` samples at each DDIM step count as well (default: the demo's, 6; rows and

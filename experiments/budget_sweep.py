@@ -8,7 +8,7 @@ its class, index and seed, so they are exactly the images a run at n would make)
 support+base at every iteration count, TINT at every (count, iterations). Every student is
 resumable (its distillation checkpoints) and its result is kept in OUT/<episode>/rows.json.
 
-    PYTHONPATH=src python scripts/budget_sweep.py runs/budget --episodes 2 \\
+    PYTHONPATH=src python experiments/budget_sweep.py runs/budget --episodes 2 \\
         --counts 50 200 --iterations 200 800
 
 Prints the mean accuracy per student and TINT minus support+base per iteration count,
