@@ -23,8 +23,9 @@ import torch
 
 from tinyshot.data.episode_io import read_episodes
 from tinyshot.pipeline.benchmark.tasks import load_task_datasets
+from tinyshot.pipeline.config import GENERATORS
 from tinyshot.pipeline.demo import frechet_per_class, judged_synthetic
-from tinyshot.pipeline.episode import GENERATORS, task_pipeline_config
+from tinyshot.pipeline.task_config import task_pipeline_config
 from tinyshot.utils.io import read_json, write_json
 
 

@@ -28,8 +28,9 @@ from tinyshot.diffusion.generate import generate
 from tinyshot.diffusion.model import load_diffusion_model, read_image_prep
 from tinyshot.diffusion.specialize import specialize
 from tinyshot.evaluation.fidelity import judged_share, load_judge
+from tinyshot.pipeline.config import PipelineConfig
 from tinyshot.pipeline.demo import DemoConfig, demo_datasets, demo_episodes
-from tinyshot.pipeline.episode import PipelineConfig, load_episode_data
+from tinyshot.pipeline.episode_data import load_episode_data
 from tinyshot.utils.logging import setup_logging
 from tinyshot.utils.seed import derive_seed
 

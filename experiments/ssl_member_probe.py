@@ -33,11 +33,9 @@ from tinyshot.data.sampler import sample_episodes
 from tinyshot.distill.ssl_pretrain import SSLConfig, ssl_pretrain
 from tinyshot.models.backbones import build_ensemble
 from tinyshot.models.ensemble import with_student
-from tinyshot.pipeline.episode import (
-    PipelineConfig,
-    load_episode_data,
-    pretrained_student_path,
-)
+from tinyshot.pipeline.config import PipelineConfig
+from tinyshot.pipeline.episode_data import load_episode_data
+from tinyshot.pipeline.student_stage import pretrained_student_path
 from tinyshot.utils.checkpoint import load_checkpoint
 from tinyshot.utils.logging import log_to
 

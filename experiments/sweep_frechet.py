@@ -30,7 +30,7 @@ from tinyshot.evaluation.frechet import (
 )
 from tinyshot.models.backbones import build_backbone
 from tinyshot.pipeline.benchmark.tasks import load_task_datasets
-from tinyshot.pipeline.episode import PipelineConfig, generator_prep
+from tinyshot.pipeline.config import PipelineConfig, generator_prep
 
 
 def main() -> None:

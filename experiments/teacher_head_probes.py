@@ -31,7 +31,9 @@ from tinyshot.data.sampler import sample_episodes
 from tinyshot.data.transforms import teacher_view
 from tinyshot.models.backbones import EfficientNetLiteBackbone, build_ensemble
 from tinyshot.models.ensemble import with_student
-from tinyshot.pipeline.episode import PipelineConfig, load_episode_data, pretrained_student_path
+from tinyshot.pipeline.config import PipelineConfig
+from tinyshot.pipeline.episode_data import load_episode_data
+from tinyshot.pipeline.student_stage import pretrained_student_path
 
 MEMBERS = ["student", "efficientnet-lite0@96", "efficientnet-lite1@96"]
 LITE = MEMBERS[1:]
