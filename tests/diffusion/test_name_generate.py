@@ -10,7 +10,7 @@ from tinyshot.diffusion.generate import generate, generate_from_names, name_prom
 from tinyshot.diffusion.model import build_tiny_diffusion_model
 from tinyshot.diffusion.store import ImageStore
 from tinyshot.errors import ConfigError
-from tinyshot.pipeline.episode import PipelineConfig
+from tinyshot.pipeline.config import PipelineConfig
 
 
 @pytest.fixture(scope="module")

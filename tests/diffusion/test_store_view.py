@@ -10,7 +10,7 @@ from tinyshot.data.transforms import ImagePrep, frame_brightness
 from tinyshot.diffusion.generate import generate
 from tinyshot.diffusion.store import ImageStore, StoreView
 from tinyshot.errors import ConfigError
-from tinyshot.pipeline.episode import student_synthetic, teacher_synthetic
+from tinyshot.pipeline.synthetic import student_synthetic, teacher_synthetic
 
 PAD = ImagePrep("pad", 32, 28, 0)
 

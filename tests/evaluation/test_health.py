@@ -296,7 +296,7 @@ def test_banner_without_warnings_and_with_holdout():
 
 
 def test_hold_out_supports_removes_images_from_every_stage():
-    from tinyshot.pipeline.episode import EpisodeData
+    from tinyshot.pipeline.episode_data import EpisodeData
 
     pil = [["a0", "a1", "a2"], ["b0", "b1"]]
     data = EpisodeData(

@@ -97,7 +97,7 @@ def test_named_ensemble_exact_size():
 def test_default_teacher_exact_size(tmp_path):
     """effnet-lite-student with the shipped Fashion-MNIST pretrained Conv4 (113,088 parameters)."""
     from tinyshot.models.ensemble import with_student
-    from tinyshot.pipeline.episode import SHIPPED_STUDENTS
+    from tinyshot.pipeline.student_stage import SHIPPED_STUDENTS
 
     shipped = next(SHIPPED_STUDENTS.glob("pretrain-conv4-fashion-mnist-base-*.pt"))
     spec, _ = with_student("effnet-lite-student", shipped)
@@ -175,7 +175,9 @@ def test_build_teacher_on_an_ensemble_spec(tmp_path):
 
 
 def test_pipeline_teacher_accepts_an_ensemble_spec():
-    from tinyshot.pipeline.episode import EpisodeData, PipelineConfig, build_episode_teacher
+    from tinyshot.pipeline.config import PipelineConfig
+    from tinyshot.pipeline.episode_data import EpisodeData
+    from tinyshot.pipeline.teacher_stage import build_episode_teacher
 
     g = torch.Generator().manual_seed(2)
     support = (torch.rand(4, 3, 16, 16, generator=g) * 255).to(torch.uint8)
@@ -262,7 +264,9 @@ def test_student_member_is_bound_by_the_pipeline_or_left_out_with_a_warning(tmp_
 
 
 def test_pipeline_teacher_uses_the_runs_pretrained_student(tmp_path, caplog):
-    from tinyshot.pipeline.episode import EpisodeData, PipelineConfig, build_episode_teacher
+    from tinyshot.pipeline.config import PipelineConfig
+    from tinyshot.pipeline.episode_data import EpisodeData
+    from tinyshot.pipeline.teacher_stage import build_episode_teacher
 
     student, path = _student_checkpoint(tmp_path, input_size=16)
     g = torch.Generator().manual_seed(2)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tinyshot.errors import ConfigError
+from tinyshot.pipeline.config import PipelineConfig
 from tinyshot.pipeline.demo import DemoConfig, demo_datasets
-from tinyshot.pipeline.episode import PipelineConfig
 
 
 def test_world_picks_generator_and_support_split():
@@ -43,8 +43,8 @@ def test_per_class_frechet_equals_the_direct_computation(tmp_path):
     from tinyshot.diffusion.store import ImageStore
     from tinyshot.evaluation.frechet import EFFNET_METRIC, BackboneFeatures, frechet_between
     from tinyshot.models.backbones import build_backbone
+    from tinyshot.pipeline.config import generator_prep
     from tinyshot.pipeline.demo import frechet_per_class
-    from tinyshot.pipeline.episode import generator_prep
 
     _, query, _ = demo_datasets("known")
     names = query.class_names[:2]

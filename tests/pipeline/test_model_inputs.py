@@ -18,21 +18,18 @@ from tinyshot.data.transforms import (
     ImagePrep,
     crop_generator_frame,
     frame_brightness,
+    images_to_uint8,
     resize_uint8,
+    teacher_view,
 )
 from tinyshot.diffusion.model import read_image_prep
 from tinyshot.diffusion.pretrain import default_generator_path, pad_to
 from tinyshot.diffusion.upscale import prepare_for_generator
 from tinyshot.errors import ConfigError
-from tinyshot.pipeline.episode import (
-    PipelineConfig,
-    _uint8,
-    build_episode_teacher,
-    load_episode_data,
-    student_synthetic,
-    teacher_synthetic,
-    teacher_view,
-)
+from tinyshot.pipeline.config import PipelineConfig
+from tinyshot.pipeline.episode_data import load_episode_data
+from tinyshot.pipeline.synthetic import student_synthetic, teacher_synthetic
+from tinyshot.pipeline.teacher_stage import build_episode_teacher
 
 FASHION_PREP = ImagePrep("pad", 32, 28, 0, True)
 
@@ -101,7 +98,7 @@ def test_specialization_sees_a_28px_support_zero_padded(novel):
 
 def test_student_and_teacher_see_generated_and_real_images_in_one_frame(novel):
     pil = _supports(novel[0])
-    real_student = _uint8(pil, 32)
+    real_student = images_to_uint8(pil, 32)
     # A generator that reproduced its (padded) supports perfectly:
     generated = (prepare_for_generator(pil, FASHION_PREP) * 255).round().to(torch.uint8)
     seen = student_synthetic(generated, FASHION_PREP, 32)
@@ -111,9 +108,9 @@ def test_student_and_teacher_see_generated_and_real_images_in_one_frame(novel):
     assert frame_brightness(resize_uint8(generated, 32)) == 0.0
     # The teacher gets the 28 px originals, generated ones included.
     assert torch.equal(
-        teacher_synthetic(generated.float() / 255, FASHION_PREP, 96), _uint8(pil, None)
+        teacher_synthetic(generated.float() / 255, FASHION_PREP, 96), images_to_uint8(pil, None)
     )
-    assert torch.equal(teacher_view(pil, 96), _uint8(pil, None))
+    assert torch.equal(teacher_view(pil, 96), images_to_uint8(pil, None))
     # resize-mode generators' images are not cropped
     assert torch.equal(crop_generator_frame(generated, ImagePrep("resize", 32)), generated)
 
@@ -213,7 +210,7 @@ def test_fit_without_base_says_it_used_none_and_name_uses_folder_names(novel, tm
 
 
 def test_episode_config_records_the_effective_inputs(novel):
-    from tinyshot.pipeline.episode import effective_inputs
+    from tinyshot.pipeline.config import effective_inputs
 
     cfg = PipelineConfig(methods=("teacher", "support+base", "name"), base_images=1500)
     eff = effective_inputs(cfg, None)
@@ -234,15 +231,10 @@ def test_evaluate_and_the_teacher_baseline_score_the_pipeline_teacher(tmp_path):
     from tinyshot.pipeline.baselines import DEFAULT_TEACHER, run_baseline_episode
     from tinyshot.pipeline.benchmark import EpisodeTask, prepare_episodes
     from tinyshot.pipeline.benchmark.tasks import load_task_datasets
-    from tinyshot.pipeline.episode import (
-        SHIPPED_STUDENTS,
-        _base_dataset,
-        bind_teacher_spec,
-        build_episode_teacher,
-        load_episode_data,
-        pretrained_student_path,
-        teacher_accuracy,
-    )
+    from tinyshot.pipeline.episode_data import load_episode_data
+    from tinyshot.pipeline.student_stage import SHIPPED_STUDENTS, pretrained_student_path
+    from tinyshot.pipeline.task_config import base_dataset, bind_teacher_spec
+    from tinyshot.pipeline.teacher_stage import build_episode_teacher, teacher_accuracy
 
     assert PipelineConfig().teacher == DEFAULT_TEACHER
     assert (
@@ -260,7 +252,7 @@ def test_evaluate_and_the_teacher_baseline_score_the_pipeline_teacher(tmp_path):
     config = PipelineConfig(methods=("teacher",))
     support_ds, query_ds = load_task_datasets(meta)
     data = load_episode_data(episodes[0], support_ds, query_ds, None, config, 0)
-    pretrained = pretrained_student_path(_base_dataset(meta), config)
+    pretrained = pretrained_student_path(base_dataset(meta), config)
     assert pretrained == shipped
     teacher = build_episode_teacher(data, config, pretrained)
     pipeline_acc = teacher_accuracy(teacher, data.teacher_query, data.query_labels)
@@ -278,7 +270,7 @@ def test_evaluate_and_the_teacher_baseline_score_the_pipeline_teacher(tmp_path):
 
 
 def test_bind_teacher_spec_without_base_classes_leaves_the_student_out():
-    from tinyshot.pipeline.episode import bind_teacher_spec
+    from tinyshot.pipeline.task_config import bind_teacher_spec
 
     meta = {"dataset": {"name": "imagefolder", "root": "photos"}}
     spec, warning = bind_teacher_spec("effnet-lite-student", meta)

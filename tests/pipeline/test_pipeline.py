@@ -13,14 +13,9 @@ from PIL import Image
 from tinyshot.data.registry import load_dataset
 from tinyshot.data.sampler import sample_episode
 from tinyshot.errors import ConfigError
-from tinyshot.pipeline.episode import (
-    METHODS,
-    PipelineConfig,
-    pipeline_config_from_methods,
-    resolve_generator,
-    run_pipeline_episode,
-    task_pipeline_config,
-)
+from tinyshot.pipeline.config import METHODS, PipelineConfig, resolve_generator
+from tinyshot.pipeline.episode import run_pipeline_episode
+from tinyshot.pipeline.task_config import pipeline_config_from_methods, task_pipeline_config
 
 
 @pytest.fixture(scope="module")
@@ -134,10 +129,10 @@ def test_concurrent_episodes_pretrain_the_student_once(fmnist, tmp_path, monkeyp
     import time
 
     import tinyshot.distill.pretrain_student as ps
-    from tinyshot.pipeline import episode
+    from tinyshot.pipeline import student_stage
 
     monkeypatch.setenv("TINYSHOT_CACHE", str(tmp_path))
-    monkeypatch.setattr(episode, "read_pretrain_done", lambda path: True)
+    monkeypatch.setattr(student_stage, "read_pretrain_done", lambda path: True)
     calls: list[int] = []
 
     def fake_pretrain(arch, ds, cfg, out):
@@ -151,7 +146,9 @@ def test_concurrent_episodes_pretrain_the_student_once(fmnist, tmp_path, monkeyp
     base = fmnist[2]
     paths: list[Path | None] = []
     threads = [
-        threading.Thread(target=lambda: paths.append(episode.pretrained_student_path(base, cfg)))
+        threading.Thread(
+            target=lambda: paths.append(student_stage.pretrained_student_path(base, cfg))
+        )
         for _ in range(2)
     ]
     for t in threads:

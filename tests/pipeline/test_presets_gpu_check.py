@@ -12,7 +12,7 @@ from tinyshot.cli import build_parser
 from tinyshot.diffusion.config import SpecializeConfig
 from tinyshot.errors import ConfigError
 from tinyshot.pipeline.commands import _pipeline_overrides
-from tinyshot.pipeline.episode import PipelineConfig
+from tinyshot.pipeline.config import PipelineConfig
 from tinyshot.presets import PRESETS, merge_config, preset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,7 +40,8 @@ def test_paper_preset_with_a_dinov2_teacher(tmp_path, monkeypatch):
     from transformers import Dinov2Model
 
     from tinyshot.models.backbones import Dinov2Backbone, build_tiny_dinov2
-    from tinyshot.pipeline.episode import EpisodeData, build_episode_teacher
+    from tinyshot.pipeline.episode_data import EpisodeData
+    from tinyshot.pipeline.teacher_stage import build_episode_teacher
 
     args = build_parser().parse_args(
         ["fit", "data", "--out", "run", "--preset", "paper", "--teacher", "dinov2-base"]
@@ -89,7 +90,8 @@ def test_precedence_preset_then_file_then_flags():
 def test_benchmark_preset_goes_under_each_method():
     from tinyshot.pipeline.benchmark import DEFAULT_EPISODE_FN
     from tinyshot.pipeline.commands import apply_preset
-    from tinyshot.pipeline.episode import METHODS, pipeline_config_from_methods
+    from tinyshot.pipeline.config import METHODS
+    from tinyshot.pipeline.task_config import pipeline_config_from_methods
 
     methods = apply_preset(None, "paper", DEFAULT_EPISODE_FN)
     assert sorted(methods) == sorted(METHODS)

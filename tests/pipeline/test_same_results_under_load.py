@@ -22,7 +22,8 @@ import torch
 
 from tinyshot.data.registry import load_dataset
 from tinyshot.data.sampler import sample_episode
-from tinyshot.pipeline.episode import PipelineConfig, run_pipeline_episode
+from tinyshot.pipeline.config import PipelineConfig
+from tinyshot.pipeline.episode import run_pipeline_episode
 
 
 @pytest.fixture(scope="module")

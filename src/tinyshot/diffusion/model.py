@@ -26,6 +26,7 @@ from tinyshot.diffusion.sd15 import (
     _init_device,
     _modules,
     sd15_configs,
+    write_model_index,
     write_sd15_config_folder,
 )
 from tinyshot.errors import ConfigError, ModelError
@@ -255,18 +256,14 @@ class DiffusionModel:
                 meta["class_captions"] = self.class_captions
             if self.vae is not None:
                 self.vae.save_pretrained(tmp / "vae")
-                index = {
-                    "_class_name": "StableDiffusionPipeline",
-                    "feature_extractor": [None, None],
-                    "safety_checker": [None, None],
-                    "requires_safety_checker": False,
-                    "scheduler": ["diffusers", type(self.scheduler).__name__],
-                    "text_encoder": ["transformers", type(self.text_encoder).__name__],
-                    "tokenizer": ["transformers", type(self.tokenizer).__name__],
-                    "unet": ["diffusers", type(self.unet).__name__],
-                    "vae": ["diffusers", type(self.vae).__name__],
-                }
-                (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+                write_model_index(
+                    tmp,
+                    scheduler=type(self.scheduler).__name__,
+                    text_encoder=type(self.text_encoder).__name__,
+                    tokenizer=type(self.tokenizer).__name__,
+                    unet=type(self.unet).__name__,
+                    vae=type(self.vae).__name__,
+                )
             (tmp / TINYSHOT_JSON).write_text(json.dumps(meta, indent=2) + "\n")
             if folder.exists():
                 shutil.rmtree(folder)

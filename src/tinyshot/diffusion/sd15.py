@@ -266,19 +266,33 @@ def write_sd15_config_folder(folder: str | Path, configs: dict[str, dict] | None
     text.architectures = ["CLIPTextModel"]
     text.save_pretrained(folder / "text_encoder")
     load_clip_tokenizer().save_pretrained(folder / "tokenizer")
+    write_model_index(folder)
+    return folder
+
+
+def write_model_index(
+    folder: Path,
+    *,
+    scheduler: str = "DDIMScheduler",
+    text_encoder: str = "CLIPTextModel",
+    tokenizer: str = "CLIPTokenizer",
+    unet: str = "UNet2DConditionModel",
+    vae: str = "AutoencoderKL",
+) -> None:
+    """folder/model_index.json of an SD 1.5 pipeline (component class names; no safety checker
+    or feature extractor), the file by which diffusers and load_diffusion_model know the layout."""
     index = {
         "_class_name": "StableDiffusionPipeline",
         "feature_extractor": [None, None],
         "safety_checker": [None, None],
         "requires_safety_checker": False,
-        "scheduler": ["diffusers", "DDIMScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
+        "scheduler": ["diffusers", scheduler],
+        "text_encoder": ["transformers", text_encoder],
+        "tokenizer": ["transformers", tokenizer],
+        "unet": ["diffusers", unet],
+        "vae": ["diffusers", vae],
     }
     (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
-    return folder
 
 
 def _write_config(folder: Path, cls: Any, config: dict[str, Any]) -> None:

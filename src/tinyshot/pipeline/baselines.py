@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from tinyshot.errors import ConfigError, DataError
-from tinyshot.pipeline.episode import DEFAULT_TEACHER, bind_teacher_spec
+from tinyshot.pipeline.config import DEFAULT_TEACHER
+from tinyshot.pipeline.task_config import bind_teacher_spec
 from tinyshot.utils.logging import get_logger
 
 log = get_logger("pipeline.baselines")

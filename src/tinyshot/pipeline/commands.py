@@ -195,7 +195,7 @@ def _register_fit(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from tinyshot.pipeline.episode import PipelineConfig
+    from tinyshot.pipeline.config import PipelineConfig
     from tinyshot.pipeline.fit import fit
 
     raw = read_config_file(args.config) if args.config else {}
@@ -466,7 +466,7 @@ def _register_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--episodes", required=True, type=Path, help="episode file (tinyshot episodes)")
     p.add_argument(
         "--teacher",
-        default="effnet-lite-student",  # = pipeline.episode.DEFAULT_TEACHER (no torch at start-up)
+        default="effnet-lite-student",  # = pipeline.config.DEFAULT_TEACHER (no torch at start-up)
         help="teacher backbone or ensemble spec (default: the pipeline's effnet-lite-student; "
         "its 'student' member is the dataset's base-pretrained student, shipped or cached): "
         "efficientnet-lite0, dino-vitb16, dinov2-small, dinov2-base, conv4, resnet12, a local "
@@ -495,7 +495,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from tinyshot.data.episode_io import read_episodes
     from tinyshot.evaluation.episodic import evaluate_teacher_on_episode_file
     from tinyshot.models.teacher import build_teacher
-    from tinyshot.pipeline.episode import bind_teacher_spec
+    from tinyshot.pipeline.task_config import bind_teacher_spec
     from tinyshot.utils.device import resolve_device
     from tinyshot.utils.logging import get_logger
 

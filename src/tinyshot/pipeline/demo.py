@@ -30,7 +30,7 @@ import torch
 
 from tinyshot.data.episodes import Episode
 from tinyshot.errors import ConfigError
-from tinyshot.pipeline.episode import (
+from tinyshot.pipeline.config import (
     GENERATORS,
     METHODS,
     PipelineConfig,

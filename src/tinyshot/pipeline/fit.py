@@ -26,25 +26,12 @@ from typing import Any
 
 import torch
 
+from tinyshot.data.transforms import images_to_uint8, teacher_view
 from tinyshot.distill.image_cache import ImageSubset
 from tinyshot.errors import ConfigError, DataError
-from tinyshot.pipeline.episode import (
-    EpisodeData,
-    PipelineConfig,
-    _uint8,
-    build_episode_teacher,
-    distill_student,
-    generator_prep,
-    label_images,
-    load_base_images,
-    pretrained_student_path,
-    resolve_generator,
-    sources_of,
-    specialize_and_generate,
-    synthetic_sets,
-    teacher_notes,
-    teacher_view,
-)
+from tinyshot.pipeline.config import PipelineConfig, generator_prep, resolve_generator
+from tinyshot.pipeline.episode_data import EpisodeData, load_base_images
+from tinyshot.pipeline.generation_stage import specialize_and_generate
 from tinyshot.pipeline.report_builder import VAL_NAME
 from tinyshot.pipeline.run_folder import (
     check_out_is_a_folder,
@@ -52,6 +39,9 @@ from tinyshot.pipeline.run_folder import (
     check_run_folder,
     warn_few_images,
 )
+from tinyshot.pipeline.student_stage import distill_student, pretrained_student_path, sources_of
+from tinyshot.pipeline.synthetic import synthetic_sets
+from tinyshot.pipeline.teacher_stage import build_episode_teacher, label_images, teacher_notes
 from tinyshot.utils.io import write_json
 from tinyshot.utils.logging import get_logger, setup_logging
 from tinyshot.utils.seed import derive_seed
@@ -103,7 +93,7 @@ def _load_user_classes(data_dir: str | Path, config: PipelineConfig) -> EpisodeD
     return EpisodeData(
         class_names=list(ds.class_names),
         support_pil=support_pil,
-        support=_uint8(flat, config.image_size),
+        support=images_to_uint8(flat, config.image_size),
         support_labels=torch.tensor(labels, dtype=torch.long),
         teacher_support=teacher_view(flat, config.teacher_input_size),
     )

@@ -173,7 +173,7 @@ def run_gpu_check(
     from tinyshot.diffusion.bench import run_sd15_bench
     from tinyshot.diffusion.model import save_sd15_folder
     from tinyshot.diffusion.sd15 import save_dino_folder
-    from tinyshot.pipeline.episode import PipelineConfig
+    from tinyshot.pipeline.config import PipelineConfig
     from tinyshot.pipeline.fit import fit as run_fit
     from tinyshot.presets import merge_config
     from tinyshot.utils.device import resolve_device

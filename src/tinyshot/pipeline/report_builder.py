@@ -93,7 +93,7 @@ def _alpha_rows(
     from tinyshot.diffusion.artifacts import load_artifacts
     from tinyshot.diffusion.generate import alpha_sweep
     from tinyshot.diffusion.model import load_diffusion_model
-    from tinyshot.pipeline.episode import resolve_generator
+    from tinyshot.pipeline.config import resolve_generator
 
     spec = episode_dir / "specialize"
     if not spec.is_dir():
@@ -191,7 +191,7 @@ def build_demo_report(
     query_ds: Any,
     config: Any,
 ) -> Path:
-    from tinyshot.pipeline.episode import GENERATORS, generator_prep
+    from tinyshot.pipeline.config import GENERATORS, generator_prep
 
     pipe = config.pipeline
     prep = generator_prep(pipe)
@@ -291,7 +291,7 @@ def build_fit_report(out: Path, summary: dict[str, Any], data: Any, config: Any)
     """The `fit` report: support images, generated samples, alpha sweep, training curve."""
     import json
 
-    from tinyshot.pipeline.episode import GENERATORS, generator_prep
+    from tinyshot.pipeline.config import GENERATORS, generator_prep
 
     report = Report(f"tinyshot fit: {len(summary['classes'])} classes")
     _health_banner(report, summary.get("health"), f"method {summary['method']}")

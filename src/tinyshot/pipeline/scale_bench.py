@@ -109,7 +109,7 @@ def _support_data(config: Any, seed: int) -> Any:
     import torch
 
     from tinyshot.data.transforms import images_to_uint8, teacher_view
-    from tinyshot.pipeline.episode import EpisodeData
+    from tinyshot.pipeline.episode_data import EpisodeData
 
     source = RandomImages(config.teacher_input_size, np.random.default_rng(seed + 1))
     pil = [[Image.fromarray(a) for a in source.take(SHOTS)] for _ in CLASSES]
@@ -143,7 +143,7 @@ def run_scale_bench(
     import torch
 
     from tinyshot.diffusion.sd15 import save_dino_folder
-    from tinyshot.pipeline.episode import PipelineConfig, store_size
+    from tinyshot.pipeline.config import PipelineConfig, store_size
     from tinyshot.pipeline.fit import finish_fit
     from tinyshot.presets import PRESETS, merge_config
 

@@ -5,9 +5,9 @@ classes unlabelled. The offline analogue: SimCLR on the Fashion-MNIST images the
 generator saw (the train split minus the held-out novel pool, labels unused), then the
 backbone joins the default teacher as a `student:<checkpoint>` member. Scored on TRAIN-split
 episodes drawn from the held-out pool (the member never saw those images), same seeds and
-teacher view as scripts/tune_teacher.py.
+teacher view as experiments/tune_teacher.py.
 
-    PYTHONPATH=src python scripts/ssl_member_probe.py runs/ssl --iterations 1200 --stop-after 750
+    PYTHONPATH=src python experiments/ssl_member_probe.py runs/ssl --iterations 1200 --stop-after 750
 
 Training resumes from OUT/ssl.pt up to --stop-after when rerun (1.2-1.4 s per iteration of
 batch 256 on 2 cores).
@@ -33,11 +33,9 @@ from tinyshot.data.sampler import sample_episodes
 from tinyshot.distill.ssl_pretrain import SSLConfig, ssl_pretrain
 from tinyshot.models.backbones import build_ensemble
 from tinyshot.models.ensemble import with_student
-from tinyshot.pipeline.episode import (
-    PipelineConfig,
-    load_episode_data,
-    pretrained_student_path,
-)
+from tinyshot.pipeline.config import PipelineConfig
+from tinyshot.pipeline.episode_data import load_episode_data
+from tinyshot.pipeline.student_stage import pretrained_student_path
 from tinyshot.utils.checkpoint import load_checkpoint
 from tinyshot.utils.logging import log_to
 

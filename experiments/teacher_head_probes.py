@@ -2,13 +2,13 @@
 
 The default teacher (`effnet-lite-student`: the base-pretrained Conv4 + Lite0@96 + Lite1@96,
 square-rooted, L2-normalised, concatenated, ProtoNet head) scores 90.56% on the 18 tuning
-episodes of scripts/tune_teacher.py. This script asks whether anything cheap on the same
+episodes of experiments/tune_teacher.py. This script asks whether anything cheap on the same
 backbones lifts it: a logistic-regression head on the supports instead of prototypes,
 SimpleShot-style centering (on the base-class mean or the support mean), pooled intermediate
 blocks of the Lite members, and the members' own ImageNet logits as extra features. It also
 prints the teacher's confusions, to say where its errors are.
 
-    PYTHONPATH=src python scripts/teacher_head_probes.py --episodes 18 --threads 2
+    PYTHONPATH=src python experiments/teacher_head_probes.py --episodes 18 --threads 2
 
 Same episodes, seeds and teacher view as tune_teacher.py; features go through the feature
 cache. Accuracies are means over episodes (30 queries per class each); a paired difference
@@ -31,7 +31,9 @@ from tinyshot.data.sampler import sample_episodes
 from tinyshot.data.transforms import teacher_view
 from tinyshot.models.backbones import EfficientNetLiteBackbone, build_ensemble
 from tinyshot.models.ensemble import with_student
-from tinyshot.pipeline.episode import PipelineConfig, load_episode_data, pretrained_student_path
+from tinyshot.pipeline.config import PipelineConfig
+from tinyshot.pipeline.episode_data import load_episode_data
+from tinyshot.pipeline.student_stage import pretrained_student_path
 
 MEMBERS = ["student", "efficientnet-lite0@96", "efficientnet-lite1@96"]
 LITE = MEMBERS[1:]

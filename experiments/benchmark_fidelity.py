@@ -6,7 +6,7 @@ demo's own functions (FD-EffNetLite0 at 96 px between the n generated and the fi
 query-split images per class, the generator's pad frame cropped first; the Fashion-MNIST
 judge's share labelled as their class). Results per episode are cached in its work folder.
 
-    PYTHONPATH=src python scripts/benchmark_fidelity.py runs/unknown-10 --images 50
+    PYTHONPATH=src python experiments/benchmark_fidelity.py runs/unknown-10 --images 50
 
 Prints the mean per generator over episodes and writes OUT/fidelity.json.
 """
@@ -23,8 +23,9 @@ import torch
 
 from tinyshot.data.episode_io import read_episodes
 from tinyshot.pipeline.benchmark.tasks import load_task_datasets
+from tinyshot.pipeline.config import GENERATORS
 from tinyshot.pipeline.demo import frechet_per_class, judged_synthetic
-from tinyshot.pipeline.episode import GENERATORS, task_pipeline_config
+from tinyshot.pipeline.task_config import task_pipeline_config
 from tinyshot.utils.io import read_json, write_json
 
 

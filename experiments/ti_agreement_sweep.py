@@ -6,9 +6,9 @@ concept-known world. On train-split episodes (supports from Fashion-MNIST's nove
 then 50 images per class are generated at each guidance with the pipeline's generation seed,
 and labelled by the episode's teacher (the pipeline's, supports set) and by the judge.
 
-    PYTHONPATH=src python scripts/ti_agreement_sweep.py runs/ti-sweep --episodes 2 \\
+    PYTHONPATH=src python experiments/ti_agreement_sweep.py runs/ti-sweep --episodes 2 \\
         --ti 150:0.01 500:0.01 --guidance 3 5 7.5
-    PYTHONPATH=src python scripts/ti_agreement_sweep.py runs/ti-sweep --episodes 2 \\
+    PYTHONPATH=src python experiments/ti_agreement_sweep.py runs/ti-sweep --episodes 2 \\
         --ti 150:0.01 --guidance 3 --ddim-steps 10 25 50
 
 `--ddim-steps` samples at each DDIM step count as well (default: the demo's, 6; rows and
@@ -41,16 +41,12 @@ from tinyshot.evaluation.fidelity import judged_share, load_judge
 from tinyshot.evaluation.health import intended_labels
 from tinyshot.pipeline.benchmark import prepare_episodes
 from tinyshot.pipeline.benchmark.tasks import load_task_datasets
-from tinyshot.pipeline.episode import (
-    _base_dataset,
-    build_episode_teacher,
-    generator_prep,
-    load_episode_data,
-    pretrained_student_path,
-    resolve_generator,
-    task_pipeline_config,
-    teacher_synthetic,
-)
+from tinyshot.pipeline.config import generator_prep, resolve_generator
+from tinyshot.pipeline.episode_data import load_episode_data
+from tinyshot.pipeline.student_stage import pretrained_student_path
+from tinyshot.pipeline.synthetic import teacher_synthetic
+from tinyshot.pipeline.task_config import base_dataset, task_pipeline_config
+from tinyshot.pipeline.teacher_stage import build_episode_teacher
 from tinyshot.utils.io import read_json, write_json
 from tinyshot.utils.logging import setup_logging
 from tinyshot.utils.seed import derive_seed
@@ -78,7 +74,7 @@ def run_episode(
     ds = meta["dataset"]
     config = task_pipeline_config({"ti": {}}, ds["name"], ds["split"])
     support_ds, query_ds = load_task_datasets(meta)
-    base_ds = _base_dataset(meta)
+    base_ds = base_dataset(meta)
     ep_seed = derive_seed(seed, "benchmark", index)
     data = load_episode_data(episode, support_ds, query_ds, base_ds, config, ep_seed)
     teacher = build_episode_teacher(data, config, pretrained_student_path(base_ds, config))

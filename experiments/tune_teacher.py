@@ -8,7 +8,7 @@ are prepared exactly as the pipeline prepares them for the teacher (`load_episod
 teacher view: the 28 px originals). The member `student` is the pipeline's: the student's
 base-class pretraining (the shipped Conv4 at 32 px), which resizes images as the student does.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python scripts/tune_teacher.py --episodes 5 --queries 150 \
+    OMP_NUM_THREADS=1 PYTHONPATH=src python experiments/tune_teacher.py --episodes 5 --queries 150 \
         --out runs/tune-teacher
 """
 
@@ -28,7 +28,9 @@ from tinyshot.data.sampler import sample_episodes
 from tinyshot.models.backbones import build_ensemble
 from tinyshot.models.ensemble import with_student
 from tinyshot.models.teacher import ProtoNetTeacher, build_teacher
-from tinyshot.pipeline.episode import PipelineConfig, load_episode_data, pretrained_student_path
+from tinyshot.pipeline.config import PipelineConfig
+from tinyshot.pipeline.episode_data import load_episode_data
+from tinyshot.pipeline.student_stage import pretrained_student_path
 
 MEMBERS = [
     "student",

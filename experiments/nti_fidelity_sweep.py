@@ -6,7 +6,7 @@ by the Fashion-MNIST judge (evaluation.fidelity). Prints one JSON line per (lr, 
 judged fidelity per class, NTI PSNR and gain over plain CFG per class, and the null drift
 |u_t - u_empty| / |u_empty| (mean over timesteps and images). docs/generator.md has the table.
 
-    PYTHONPATH=src python scripts/nti_fidelity_sweep.py \\
+    PYTHONPATH=src python experiments/nti_fidelity_sweep.py \\
         src/tinyshot/assets/generators/fashion-mnist-known runs/nti-sweep 1.0 0.3 0.1
 
 STEPS=6 samples (and inverts) at 6 DDIM steps instead of the demo's count.
@@ -28,8 +28,9 @@ from tinyshot.diffusion.generate import generate
 from tinyshot.diffusion.model import load_diffusion_model, read_image_prep
 from tinyshot.diffusion.specialize import specialize
 from tinyshot.evaluation.fidelity import judged_share, load_judge
+from tinyshot.pipeline.config import PipelineConfig
 from tinyshot.pipeline.demo import DemoConfig, demo_datasets, demo_episodes
-from tinyshot.pipeline.episode import PipelineConfig, load_episode_data
+from tinyshot.pipeline.episode_data import load_episode_data
 from tinyshot.utils.logging import setup_logging
 from tinyshot.utils.seed import derive_seed
 

@@ -1,7 +1,7 @@
 """Measure the generator's image preparation (issue 12 part 2): denoising error of the shipped
 Fashion-MNIST generator on supports stretched 28->32 (the old path) vs zero-padded (its training
 preparation), and the outer 2-px frame brightness of real vs generated images as the student sees
-them. Usage: PYTHONPATH=src python scripts/measure_image_prep.py [--per-class 5] [--gen 20]"""
+them. Usage: PYTHONPATH=src python experiments/measure_image_prep.py [--per-class 5] [--gen 20]"""
 
 from __future__ import annotations
 

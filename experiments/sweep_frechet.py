@@ -5,7 +5,7 @@ train-split episodes); fake side: each episode's 50 images per class, grey-proje
 cropped to the real frame (crop_generator_frame), on the demo's EfficientNet-Lite0 features.
 50 against 200 images makes the distance biased upwards: compare settings, not other tables.
 
-    PYTHONPATH=src python scripts/sweep_frechet.py runs/ti-steps --guidance 3 \\
+    PYTHONPATH=src python experiments/sweep_frechet.py runs/ti-steps --guidance 3 \\
         --ddim-steps 4 5 6 8 10 --episodes 4
 """
 
@@ -30,7 +30,7 @@ from tinyshot.evaluation.frechet import (
 )
 from tinyshot.models.backbones import build_backbone
 from tinyshot.pipeline.benchmark.tasks import load_task_datasets
-from tinyshot.pipeline.episode import PipelineConfig, generator_prep
+from tinyshot.pipeline.config import PipelineConfig, generator_prep
 
 
 def main() -> None:

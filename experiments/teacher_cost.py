@@ -6,7 +6,7 @@ first with an empty feature cache (backbone + shard write), then from a fresh pr
 cache object reading the shards back (hashing + loading). Per-episode figures multiply these
 by the episode's image counts.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python scripts/teacher_cost.py --images 64
+    OMP_NUM_THREADS=1 PYTHONPATH=src python experiments/teacher_cost.py --images 64
 """
 
 from __future__ import annotations

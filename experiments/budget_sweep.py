@@ -8,7 +8,7 @@ its class, index and seed, so they are exactly the images a run at n would make)
 support+base at every iteration count, TINT at every (count, iterations). Every student is
 resumable (its distillation checkpoints) and its result is kept in OUT/<episode>/rows.json.
 
-    PYTHONPATH=src python scripts/budget_sweep.py runs/budget --episodes 2 \\
+    PYTHONPATH=src python experiments/budget_sweep.py runs/budget --episodes 2 \\
         --counts 50 200 --iterations 200 800
 
 Prints the mean accuracy per student and TINT minus support+base per iteration count,
@@ -31,22 +31,13 @@ from tinyshot.evaluation.episodic import evaluate_student
 from tinyshot.evaluation.stats import mean_confidence_interval
 from tinyshot.pipeline.benchmark import prepare_episodes
 from tinyshot.pipeline.benchmark.tasks import load_task_datasets
-from tinyshot.pipeline.episode import (
-    PipelineConfig,
-    _base_dataset,
-    _val_subset,
-    build_episode_teacher,
-    distill_student,
-    generator_prep,
-    label_images,
-    load_episode_data,
-    pretrained_student_path,
-    specialize_and_generate,
-    student_synthetic,
-    task_pipeline_config,
-    teacher_accuracy,
-    teacher_synthetic,
-)
+from tinyshot.pipeline.config import PipelineConfig, generator_prep
+from tinyshot.pipeline.episode_data import load_episode_data, val_subset
+from tinyshot.pipeline.generation_stage import specialize_and_generate
+from tinyshot.pipeline.student_stage import distill_student, pretrained_student_path
+from tinyshot.pipeline.synthetic import student_synthetic, teacher_synthetic
+from tinyshot.pipeline.task_config import base_dataset, task_pipeline_config
+from tinyshot.pipeline.teacher_stage import build_episode_teacher, label_images, teacher_accuracy
 from tinyshot.utils.io import read_json, write_json
 from tinyshot.utils.logging import get_logger, setup_logging
 from tinyshot.utils.seed import derive_seed
@@ -87,7 +78,7 @@ def run_episode(
         {"support+base": {}, "tint": {"synthetic_per_class": max(counts)}}, ds["name"], ds["split"]
     )
     support_ds, query_ds = load_task_datasets(meta)
-    base_ds = _base_dataset(meta)
+    base_ds = base_dataset(meta)
     ep_seed = derive_seed(seed, "benchmark", index)
     data = load_episode_data(episode, support_ds, query_ds, base_ds, config, ep_seed)
     gen = specialize_and_generate(data, config, work, ep_seed)
@@ -112,7 +103,7 @@ def run_episode(
     # The first n images of each class, in the store's order (per-item seeds: the images of a
     # run at n), for every count.
     order = {c: torch.nonzero(intended == c).view(-1) for c in range(data.ways)}
-    val = _val_subset(data, config.val_queries_per_class, ep_seed)
+    val = val_subset(data, config.val_queries_per_class, ep_seed)
     for iters in iterations:
         cfg = student_config(config, iters)
         plan = [("support+base", 0)] + [("tint", n) for n in counts]
