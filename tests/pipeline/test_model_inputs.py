@@ -174,8 +174,7 @@ def test_fit_without_base_says_it_used_none_and_name_uses_folder_names(novel, tm
         "generator": str(gen),
         "specialize": {"num_inference_steps": 2},
         "synthetic_per_class": 5,
-        # the default teacher's form: without a base dataset the student member is left out
-        "teacher": "student+conv4;power=0.5",
+        "teacher": "conv4",
         "teacher_input_size": 24,
         "image_size": 16,
         "distill": {"iterations": 4, "batch_size": 8, "eval_every": 2, "checkpoint_every": 2},
@@ -189,15 +188,11 @@ def test_fit_without_base_says_it_used_none_and_name_uses_folder_names(novel, tm
     inputs = json.loads((run / "fit.json").read_text())["inputs"]
     assert inputs["student"] == {"input_size": 16, "base_pretrained": False, "base_images": 0}
     assert inputs["teacher"]["input_size"] == 24
-    assert inputs["teacher"]["backbone"] == "ensemble(conv4@24;power=0.5)"
-    left_out = "'student' member (the base-class pretrained student) is left out"
-    assert (run / "log.txt").read_text().count(left_out) == 1  # logged once, where it arose
-    health = json.loads((run / "health.json").read_text())
-    assert left_out in health["warnings"][0]  # and the report leads with it
+    assert inputs["teacher"]["backbone"] == "conv4"
+    assert "left out" not in (run / "log.txt").read_text()
     assert inputs["generator"]["image_prep"]["mode"] == "resize"
     html = (run / "report.html").read_text()
     assert "without base-class pretraining and 0 base images" in html
-    assert "is left out: this run has no base dataset" in html
     assert "pretrain_student&quot;: true" not in html and '"pretrain_student": true' not in html
     store = ImageStore(run / "synthetic" / "name")
     assert store.settings["prompts"] == ["a photo of a ankle boot", "a photo of a sandal"]
@@ -207,6 +202,83 @@ def test_fit_without_base_says_it_used_none_and_name_uses_folder_names(novel, tm
     bad = ["fit", str(data), "--out", str(tmp_path / "r2"), "--method", "support+base"]
     assert main(bad) == 2
     assert "--base" in capsys.readouterr().err
+    # A teacher with the base-pretrained student as a member, named without --base: an error
+    # before any work, naming both ways out (not a teacher that silently lacks a member).
+    for teacher in ("effnet-lite-student", "student+conv4;power=0.5"):
+        r3 = tmp_path / "r3"
+        assert main(["fit", str(data), "--out", str(r3), "--teacher", teacher]) == 2
+        err = capsys.readouterr().err
+        assert f"teacher {teacher!r} has a 'student' member" in err
+        assert "pass --base" in err and "leave --teacher out" in err
+        assert not r3.exists()
+
+
+def test_fit_default_teacher_is_fits_own_and_never_leaves_a_member_out():
+    """fit's default teacher (docs/models.md, "fit's default teacher"): ImageNet members at
+    224-240 px without --base, nothing for `with_student` to leave out; with --base, the
+    demo's teacher with its base-pretrained student. The demo's and the benchmark's default
+    stays as it was."""
+    from tinyshot.models.ensemble import uses_student, with_student
+    from tinyshot.pipeline.config import DEFAULT_TEACHER
+    from tinyshot.pipeline.fit import (
+        FIT_TEACHER,
+        FIT_TEACHER_WITH_BASE,
+        default_fit_config,
+        fit_teacher_defaults,
+    )
+
+    assert FIT_TEACHER == "effnet-lite-ensemble" and FIT_TEACHER_WITH_BASE == DEFAULT_TEACHER
+    assert fit_teacher_defaults(None) == {"teacher": FIT_TEACHER, "teacher_input_size": 240}
+    assert fit_teacher_defaults("fashion-mnist:base") == {
+        "teacher": FIT_TEACHER_WITH_BASE,
+        "teacher_input_size": 96,
+    }
+    # a base without student pretraining has no student to bind: the default without one
+    assert fit_teacher_defaults("fashion-mnist:base", pretrain_student=False)["teacher"] == (
+        FIT_TEACHER
+    )
+    assert not uses_student(FIT_TEACHER) and with_student(FIT_TEACHER, None)[1] is None
+    assert uses_student(FIT_TEACHER_WITH_BASE)
+    cfg = default_fit_config()
+    assert cfg.teacher == FIT_TEACHER and cfg.teacher_input_size == 240
+    assert cfg.methods == ("tint",)
+    assert default_fit_config("fashion-mnist:base").teacher == FIT_TEACHER_WITH_BASE
+    assert PipelineConfig().teacher == DEFAULT_TEACHER == "effnet-lite-student"
+    assert PipelineConfig().teacher_input_size == 96
+
+
+def test_fit_without_base_or_teacher_runs_fits_default_teacher_without_a_warning(novel, tmp_path):
+    """The default path: no --teacher, no --base. config.json records fit's default teacher
+    at 240 px, the teacher built is exactly it, and no teacher warning or note is logged."""
+    from tinyshot.cli import main
+    from tinyshot.diffusion.model import build_tiny_diffusion_model
+    from tinyshot.models.backbones import build_ensemble
+    from tinyshot.pipeline.fit import FIT_TEACHER
+
+    gen = tmp_path / "gen"
+    build_tiny_diffusion_model(pixel_space=True, image_size=16, seed=0).save(gen)
+    data = tmp_path / "data"
+    _write_classes(data, novel[0], {"ankle_boot": 4, "sandal": 0}, k=3)
+    cfg = {
+        "generator": str(gen),
+        "specialize": {"num_inference_steps": 2},
+        "synthetic_per_class": 3,
+        "image_size": 16,
+        "distill": {"iterations": 2, "batch_size": 6, "eval_every": 2, "checkpoint_every": 2},
+    }
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    run = tmp_path / "run"
+    argv = ["fit", str(data), "--out", str(run), "--config", str(tmp_path / "cfg.json")]
+    assert main([*argv, "--method", "name"]) == 0
+    saved = json.loads((run / "config.json").read_text())["config"]
+    assert saved["teacher"] == FIT_TEACHER and saved["teacher_input_size"] == 240
+    inputs = json.loads((run / "fit.json").read_text())["inputs"]
+    assert inputs["teacher"]["backbone"] == build_ensemble(FIT_TEACHER).arch_id
+    assert "student" not in inputs["teacher"]["backbone"]
+    log = (run / "log.txt").read_text()
+    assert "left out" not in log and "'student' member" not in log
+    assert not [w for w in json.loads((run / "health.json").read_text())["warnings"]
+                if "teacher '" in w]  # fmt: skip
 
 
 def test_episode_config_records_the_effective_inputs(novel):

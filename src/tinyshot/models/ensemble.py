@@ -33,7 +33,8 @@ from tinyshot.models.feature_cache import FeatureCache, backbone_key, default_fe
 STUDENT_MEMBER = "student"
 
 # Named ensembles, chosen on train-split episodes (docs/models.md): the best of 254 ImageNet
-# candidates (90.4% vs 85.6% for Lite0 at 96 px), a cheaper one at half its cost (89.7%), and
+# candidates (90.4% vs 85.6% for Lite0 at 96 px; also `fit`'s default without a base set, the
+# best within its budget on colour drawings), a cheaper one at half its cost (89.7%), and
 # the pipeline's default: two cheap ImageNet members plus the in-domain pretrained student
 # (90.6% vs 87.1% for Lite0 at 96 px on 18 episodes, at 1/7 of the first one's cost).
 ENSEMBLES = {

@@ -68,10 +68,10 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--teacher",
-        help="'effnet-lite-student' (default: Lite0 + Lite1 at 96 px + the base-pretrained student), "
-        "'efficientnet-lite0', 'effnet-lite-ensemble' (slower; "
-        "docs/models.md), 'dino-vitb16', 'dinov2-small', 'dinov2-base', a DINO ViT or DINOv2 "
-        "folder or hub id",
+        help="'effnet-lite-student' (Lite0 + Lite1 at 96 px + the base-pretrained student: the "
+        "default of demo, benchmark and of fit with --base), 'effnet-lite-ensemble' (Lite0 at 224 "
+        "+ Lite1 at 240 px: fit's default without --base; docs/models.md), 'efficientnet-lite0', "
+        "'dino-vitb16', 'dinov2-small', 'dinov2-base', a DINO ViT or DINOv2 folder or hub id",
     )
     g.add_argument("--student", choices=["conv4", "resnet12"], help="student architecture")
     g.add_argument("--image-size", type=int, help="student input size in pixels")
@@ -196,11 +196,15 @@ def _register_fit(sub: argparse._SubParsersAction) -> None:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from tinyshot.pipeline.config import PipelineConfig
-    from tinyshot.pipeline.fit import fit
+    from tinyshot.pipeline.fit import fit, fit_teacher_defaults
 
     raw = read_config_file(args.config) if args.config else {}
     pipe = _pipeline_overrides(args, raw)
     pipe["methods"] = [args.method]
+    if "teacher" not in pipe:  # no flag, config file or preset names one: fit's own default
+        defaults = fit_teacher_defaults(args.base, bool(pipe.get("pretrain_student", True)))
+        pipe["teacher"] = defaults["teacher"]
+        pipe.setdefault("teacher_input_size", defaults["teacher_input_size"])
     summary = fit(
         args.data_dir,
         args.out,
