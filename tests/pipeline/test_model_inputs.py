@@ -161,27 +161,33 @@ def _write_classes(root: Path, ds, names: dict[str, int], k: int) -> None:
             ds.load_image(int(i)).resize((40, 40)).save(d / f"{j}.png")
 
 
-def test_fit_without_base_says_it_used_none_and_name_uses_folder_names(novel, tmp_path, capsys):
-    from tinyshot.cli import main
+def _tiny_fit(novel, tmp_path, **settings) -> tuple[list[str], Path]:
+    """A 2-class folder, a tiny generator and a config file: the fit argv and its run folder."""
     from tinyshot.diffusion.model import build_tiny_diffusion_model
-    from tinyshot.diffusion.store import ImageStore
 
     gen = tmp_path / "gen"
     build_tiny_diffusion_model(pixel_space=True, image_size=16, seed=0).save(gen)
     data = tmp_path / "data"
     _write_classes(data, novel[0], {"ankle_boot": 4, "sandal": 0}, k=3)
-    cfg = {
-        "generator": str(gen),
-        "specialize": {"num_inference_steps": 2},
-        "synthetic_per_class": 5,
-        "teacher": "conv4",
-        "teacher_input_size": 24,
-        "image_size": 16,
-        "distill": {"iterations": 4, "batch_size": 8, "eval_every": 2, "checkpoint_every": 2},
-    }
+    cfg = {"generator": str(gen), "specialize": {"num_inference_steps": 2}, **settings}
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     run = tmp_path / "run"
-    argv = ["fit", str(data), "--out", str(run), "--config", str(tmp_path / "cfg.json")]
+    return ["fit", str(data), "--out", str(run), "--config", str(tmp_path / "cfg.json")], run
+
+
+def test_fit_without_base_says_it_used_none_and_name_uses_folder_names(novel, tmp_path, capsys):
+    from tinyshot.cli import main
+    from tinyshot.diffusion.store import ImageStore
+
+    argv, run = _tiny_fit(
+        novel,
+        tmp_path,
+        synthetic_per_class=5,
+        teacher="conv4",
+        teacher_input_size=24,
+        image_size=16,
+        distill={"iterations": 4, "batch_size": 8, "eval_every": 2, "checkpoint_every": 2},
+    )
     assert main([*argv, "--method", "name"]) == 0
     saved = json.loads((run / "config.json").read_text())["config"]
     assert saved["pretrain_student"] is False and saved["base_images"] == 0
@@ -199,14 +205,14 @@ def test_fit_without_base_says_it_used_none_and_name_uses_folder_names(novel, tm
     assert len(store) == 10 and not (run / "specialize").exists()
     capsys.readouterr()
     assert main([*argv, "--method", "name"]) == 0  # resumes with the same effective config
-    bad = ["fit", str(data), "--out", str(tmp_path / "r2"), "--method", "support+base"]
+    bad = ["fit", argv[1], "--out", str(tmp_path / "r2"), "--method", "support+base"]
     assert main(bad) == 2
     assert "--base" in capsys.readouterr().err
     # A teacher with the base-pretrained student as a member, named without --base: an error
     # before any work, naming both ways out (not a teacher that silently lacks a member).
     for teacher in ("effnet-lite-student", "student+conv4;power=0.5"):
         r3 = tmp_path / "r3"
-        assert main(["fit", str(data), "--out", str(r3), "--teacher", teacher]) == 2
+        assert main(["fit", argv[1], "--out", str(r3), "--teacher", teacher]) == 2
         err = capsys.readouterr().err
         assert f"teacher {teacher!r} has a 'student' member" in err
         assert "pass --base" in err and "leave --teacher out" in err
@@ -251,24 +257,16 @@ def test_fit_without_base_or_teacher_runs_fits_default_teacher_without_a_warning
     """The default path: no --teacher, no --base. config.json records fit's default teacher
     at 240 px, the teacher built is exactly it, and no teacher warning or note is logged."""
     from tinyshot.cli import main
-    from tinyshot.diffusion.model import build_tiny_diffusion_model
     from tinyshot.models.backbones import build_ensemble
     from tinyshot.pipeline.fit import FIT_TEACHER
 
-    gen = tmp_path / "gen"
-    build_tiny_diffusion_model(pixel_space=True, image_size=16, seed=0).save(gen)
-    data = tmp_path / "data"
-    _write_classes(data, novel[0], {"ankle_boot": 4, "sandal": 0}, k=3)
-    cfg = {
-        "generator": str(gen),
-        "specialize": {"num_inference_steps": 2},
-        "synthetic_per_class": 3,
-        "image_size": 16,
-        "distill": {"iterations": 2, "batch_size": 6, "eval_every": 2, "checkpoint_every": 2},
-    }
-    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
-    run = tmp_path / "run"
-    argv = ["fit", str(data), "--out", str(run), "--config", str(tmp_path / "cfg.json")]
+    argv, run = _tiny_fit(
+        novel,
+        tmp_path,
+        synthetic_per_class=3,
+        image_size=16,
+        distill={"iterations": 2, "batch_size": 6, "eval_every": 2, "checkpoint_every": 2},
+    )
     assert main([*argv, "--method", "name"]) == 0
     saved = json.loads((run / "config.json").read_text())["config"]
     assert saved["teacher"] == FIT_TEACHER and saved["teacher_input_size"] == 240
