@@ -37,6 +37,7 @@ def tiny_config(generator: str, methods=METHODS) -> PipelineConfig:
             "nti_inner_steps": 2,
             "ti_batch_size": 2,
         },
+        lora={"steps": 4, "batch_size": 2, "warmup_steps": 0, "rank": 4, "lr": 1e-3},
         synthetic_per_class=6,
         generation_batch_size=8,
         teacher="conv4",
@@ -70,7 +71,7 @@ def test_episode_runs_every_method_and_resumes(tiny_generator, fmnist, tmp_path)
         assert 0.0 <= r["accuracy"] <= 1.0, m
         assert r["queries"] == 12
     # Every stage left its files behind.
-    for g in ("ti", "dafusion", "tint"):
+    for g in ("ti", "dafusion", "tint", "lora", "lora-dafusion", "lora-tint"):
         assert len(list((tmp_path / "ep" / "synthetic" / g).glob("**/*.png"))) == 3 * 6
         assert (tmp_path / "ep" / "labels" / f"{g}.safetensors").is_file()
     for m in METHODS[1:]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this stage's sub-commands to the `tinyshot` parser."""
-    from tinyshot.diffusion.config import SpecializeConfig
+    from tinyshot.diffusion.config import METHODS, SpecializeConfig
 
     d = SpecializeConfig()
     p = sub.add_parser(
@@ -40,15 +40,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     _device_args(p)
     p.set_defaults(func=_specialize)
 
+    _register_specialize_lora(sub)
     g = sub.add_parser(
         "generate",
-        help="synthetic images from specialization artifacts (TINT, plain TI, DA-Fusion)",
+        help="synthetic images from specialization artifacts (TINT, plain TI, DA-Fusion) or "
+        "from a LoRA-adapted generator (lora, lora-dafusion, lora-tint)",
         description="Writes OUT/images/<class>/<index>.png and OUT/manifest.jsonl; rerun the "
         "same command to resume an interrupted run (the result is identical).",
     )
-    g.add_argument("--artifacts", required=True, help="folder written by `tinyshot specialize`")
+    g.add_argument(
+        "--artifacts",
+        required=True,
+        help="folder written by `tinyshot specialize` (or by `specialize-lora` for lora*)",
+    )
     g.add_argument("--model", required=True, help="the model used for specialization")
-    g.add_argument("--method", choices=["tint", "ti", "dafusion", "name"], default="tint")
+    g.add_argument(
+        "--method",
+        choices=list(METHODS),
+        default="tint",
+        help="specialization x sampling (docs/generator.md): tint, ti, dafusion (TI); name "
+        "(none); lora, lora-dafusion, lora-tint (LoRA; lora-tint needs specialize-lora --invert)",
+    )
     g.add_argument("--per-class", type=int, required=True, help="images per class")
     g.add_argument("--out", required=True)
     g.add_argument("--alpha", type=float, default=1.0, help="TINT noise blend in [0,1] (default 1)")
@@ -58,6 +70,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--steps", type=int, default=None, help="default: the artifacts'")
     _device_args(g)
     g.set_defaults(func=_generate)
+
+
+def _register_specialize_lora(sub: argparse._SubParsersAction) -> None:
+    from tinyshot.diffusion.lora import LoraTrainConfig
+
+    d = LoraTrainConfig()
+    p = sub.add_parser(
+        "specialize-lora",
+        help="LoRA fine-tuning of a diffusion model on a class-per-folder set (DataDream)",
+        description="LoRA on the UNet's attention (and optionally the text encoder's) with one "
+        "learned token per class (or the class names), all classes jointly; writes "
+        "OUT/pytorch_lora_weights.safetensors (diffusers' format: "
+        "StableDiffusionPipeline.load_lora_weights(OUT) loads it) and the tokens. --invert adds "
+        "DDIM + null-text inversion of every image through the adapted model (for lora-tint). "
+        "Kill it any time; rerunning the same command resumes. See docs/generator.md.",
+    )
+    p.add_argument("data_dir", help="folder with one sub-folder of images per class")
+    p.add_argument("--model", required=True, help="diffusers model folder or hub id")
+    p.add_argument("--out", required=True, help="LoRA folder")
+    p.add_argument("--config", default=None, help="JSON file with LoraTrainConfig fields")
+    p.add_argument("--sampling-config", default=None,
+                   help="JSON file with SpecializeConfig fields: DDIM steps, guidance and the "
+                   "inversion settings (default: the paper's)")  # fmt: skip
+    p.add_argument("--steps", type=int, default=None, help=f"training steps (default {d.steps})")
+    p.add_argument("--lr", type=float, default=None, help=f"learning rate (default {d.lr})")
+    p.add_argument("--rank", type=int, default=None, help=f"LoRA rank (default {d.rank})")
+    p.add_argument("--text-encoder", action="store_true", default=None,
+                   help="LoRA on the text encoder's attention too")  # fmt: skip
+    p.add_argument("--prompt", choices=["token", "name"], default=None,
+                   help="a learned token per class (default) or the class (folder) name")  # fmt: skip
+    p.add_argument("--invert", action="store_true", help="null-text inversion (lora-tint)")
+    p.add_argument("--seed", type=int, default=None)
+    _device_args(p)
+    p.set_defaults(func=_specialize_lora)
 
 
 def register_bench(bench_sub: argparse._SubParsersAction) -> None:
@@ -142,6 +188,41 @@ def _specialize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _specialize_lora(args: argparse.Namespace) -> int:
+    from tinyshot.diffusion.config import SpecializeConfig
+    from tinyshot.diffusion.lora import LoraTrainConfig, specialize_lora
+    from tinyshot.diffusion.model import load_diffusion_model
+    from tinyshot.utils.io import read_json
+    from tinyshot.utils.logging import setup_logging
+
+    base = read_json(args.config) if args.config else {}
+    overrides = {
+        "steps": args.steps,
+        "lr": args.lr,
+        "rank": args.rank,
+        "text_encoder": args.text_encoder,
+        "prompt": args.prompt,
+        "seed": args.seed,
+    }
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    cfg = LoraTrainConfig.from_dict(base).validate()
+    sampling = SpecializeConfig.from_dict(
+        read_json(args.sampling_config) if args.sampling_config else {}
+    )
+    images, names = read_class_folders(args.data_dir)
+    setup_logging(args.out)
+    model = load_diffusion_model(args.model, args.device, args.dtype)
+    res = specialize_lora(model, images, names, cfg, args.out, sampling, invert=args.invert)
+    s = res.meta["stats"]
+    for c, name in enumerate(res.class_names):
+        print(
+            f"{c} {name}: prompt {res.prompts[c]!r}, support loss "
+            f"{s['support_loss_init'][c]:.4f} -> {s['support_loss_final'][c]:.4f}"
+        )
+    print(f"LoRA: {args.out} ({res.meta['parameters']:,} parameters)")
+    return 0
+
+
 def read_class_folders(data_dir: str | Path) -> tuple[list[list], list[str]]:
     """Images grouped by class from a class-per-folder tree (all images of each class)."""
     from tinyshot.data.imagefolder import load_imagefolder
@@ -153,28 +234,31 @@ def read_class_folders(data_dir: str | Path) -> tuple[list[list], list[str]]:
 
 def _generate(args: argparse.Namespace) -> int:
     from tinyshot.diffusion.artifacts import load_artifacts
-    from tinyshot.diffusion.generate import generate
+    from tinyshot.diffusion.generate import LORA_METHODS, generate, generate_lora
+    from tinyshot.diffusion.lora import LoraSpecialization
     from tinyshot.diffusion.model import load_diffusion_model
     from tinyshot.errors import ConfigError
     from tinyshot.utils.logging import setup_logging
 
     if not 0.0 <= args.alpha <= 1.0:
         raise ConfigError(f"--alpha must be in [0, 1], got {args.alpha}")
-    arts = load_artifacts(args.artifacts)
-    setup_logging(args.out)
-    model = load_diffusion_model(args.model, args.device, args.dtype)
-    store = generate(
-        model,
-        arts,
-        args.method,
-        args.per_class,
-        args.out,
+    kw = dict(
         alpha=args.alpha,
         batch_size=args.batch_size,
         seed=args.seed,
         guidance=args.guidance,
         steps=args.steps,
     )
+    if args.method in LORA_METHODS:
+        LoraSpecialization.load(args.artifacts)  # a wrong folder fails before the model loads
+        setup_logging(args.out)
+        model = load_diffusion_model(args.model, args.device, args.dtype)
+        store = generate_lora(model, args.artifacts, args.method, args.per_class, args.out, **kw)
+    else:
+        arts = load_artifacts(args.artifacts)
+        setup_logging(args.out)
+        model = load_diffusion_model(args.model, args.device, args.dtype)
+        store = generate(model, arts, args.method, args.per_class, args.out, **kw)
     print(f"{len(store)} images in {args.out} (manifest.jsonl)")
     return 0
 

@@ -33,6 +33,7 @@ import torch
 
 from tinyshot.data.transforms import tensor_to_uint8
 from tinyshot.diffusion.artifacts import ClassArtifact
+from tinyshot.diffusion.config import LORA_METHODS, METHOD_PARTS, METHODS
 from tinyshot.diffusion.ddim import DDIMSchedule, ddim_sample, make_schedule
 from tinyshot.diffusion.model import NAME_TEMPLATE, DiffusionModel, name_prompt  # noqa: F401
 from tinyshot.diffusion.store import ImageStore
@@ -43,22 +44,6 @@ from tinyshot.utils.seed import derive_seed, torch_generator
 
 log = get_logger("diffusion.generate")
 
-# method -> (specialization, sampling). Specialization: none, "ti" (textual inversion,
-# diffusion.specialize) or "lora" (diffusion.lora). Sampling: "noise" (fresh noise, the class
-# prompt, the empty-prompt null), "img2img" (a support latent noised to a random strength and
-# denoised: DA-Fusion) or "tint" (a support's inverted z_T blended with noise, its per-timestep
-# null embeddings: Eq. 3-4).
-METHOD_PARTS = {
-    "tint": ("ti", "tint"),
-    "ti": ("ti", "noise"),
-    "dafusion": ("ti", "img2img"),
-    "name": ("none", "noise"),
-    "lora": ("lora", "noise"),
-    "lora-dafusion": ("lora", "img2img"),
-    "lora-tint": ("lora", "tint"),
-}
-METHODS = tuple(METHOD_PARTS)
-LORA_METHODS = tuple(m for m, (spec, _) in METHOD_PARTS.items() if spec == "lora")
 # What each method reads from specialization, so checks on it apply only where they matter:
 # a learned specialization (TI's token, or the LoRA and its token) whose support loss is
 # recorded, and null-text inversion.
