@@ -445,7 +445,7 @@ def test_remedy_offers_the_lora_method_unless_it_is_the_one_failing():
 
 def test_lora_methods_read_their_own_specialization_figures(tmp_path):
     """TI's support loss explains TI methods, the LoRA folder's (lora.json) LoRA methods."""
-    shades, support, labels = _two_shade_episode()
+    _, support, labels = _two_shade_episode()
     intended = torch.arange(3).repeat_interleave(2)
     at_chance = F.one_hot(torch.zeros_like(intended), 3).float()
     x = torch.rand(6, 3, 8, 8)
