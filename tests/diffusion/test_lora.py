@@ -301,3 +301,20 @@ def test_lora_on_the_shipped_pixel_generator(tmp_path):
     store = generate_lora(m, tmp_path / "lora", "lora", 1, tmp_path / "s", batch_size=2)
     assert len(store) == 2
     assert LoraSpecialization.load(tmp_path / "lora").class_names == ["a", "b"]
+
+
+def test_lora_on_sd15_at_reduced_width(tmp_path):
+    """SD 1.5's architecture (width / 10, 64 px): LoRA on UNet and text encoder, inversion
+    through the adapted model, and the three samplers."""
+    from tinyshot.data.transforms import tensor_to_pil
+    from tinyshot.diffusion.model import build_sd15_model
+
+    m = build_sd15_model(width_divisor=10, sample_size=8, seed=3)
+    pil = [[tensor_to_pil(torch.rand(3, 84, 84)) for _ in range(2)] for _ in range(2)]
+    cfg = LoraTrainConfig(steps=2, rank=4, warmup_steps=0, text_encoder=True, batch_size=1)
+    sampling = SpecializeConfig(num_inference_steps=2, nti_inner_steps=1, upscale="bilinear")
+    res = specialize_lora(m, pil, ["a", "b"], cfg, tmp_path / "lora", sampling, invert=True)
+    assert res.meta["parameters"] == lora_parameter_count(m, cfg) and res.inverted
+    for meth in ("lora", "lora-dafusion", "lora-tint"):
+        store = generate_lora(m, res.folder, meth, 1, tmp_path / meth, batch_size=2)
+        assert len(store) == 2 and store.items()[0].path.is_file()

@@ -130,6 +130,8 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ti-steps", type=int, default=20)
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (20; sd15: 50)")
     p.add_argument("--nti-inner-steps", type=int, default=10)
+    p.add_argument("--lora-steps", type=int, default=5,
+                   help="LoRA training steps timed (rank 16, batch 8; 0 = none)")  # fmt: skip
     p.add_argument("--images", type=int, default=None,
                    help="images generated batched (64; sd15: two batches)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=None,
@@ -293,6 +295,7 @@ def _bench(args: argparse.Namespace) -> int:
         images=args.images,
         batch_size=args.batch_size,
         reference_images=args.reference_images,
+        lora_steps=args.lora_steps,
     )
     if args.json_out:
         from tinyshot.utils.io import write_json
@@ -334,6 +337,7 @@ def _bench_sd15(args: argparse.Namespace) -> int:
         reference_images=args.reference_images or 2,
         upscale=args.upscale,
         support_size=84,
+        lora_steps=args.lora_steps,
     )
     if args.json_out:
         write_json(args.json_out, out)
