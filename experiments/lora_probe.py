@@ -30,7 +30,7 @@ import torch
 
 from tinyshot.data.transforms import crop_generator_frame
 from tinyshot.diffusion.config import SpecializeConfig
-from tinyshot.diffusion.generate import generate, generate_lora
+from tinyshot.diffusion.generate import generate
 from tinyshot.diffusion.lora import LoraTrainConfig, specialize_lora
 from tinyshot.diffusion.model import load_diffusion_model
 from tinyshot.diffusion.specialize import specialize
@@ -57,6 +57,39 @@ from tinyshot.utils.seed import derive_seed
 PER_CLASS = 50
 
 
+def memorisation(seen, intended, data, teacher) -> dict:
+    """Near-copy share and nearest-support distance over the spread, per class (health's)."""
+    with torch.no_grad():
+        feats = teacher_features(teacher, seen)
+        sup = data.teacher_support if data.teacher_support is not None else data.support
+        sup_f = teacher_features(teacher, sup)
+    dists = nearest_support_distances(feats, intended, sup_f, data.support_labels, data.ways)
+    return {
+        "near_copies_per_class": [near_copy_share(d, s) for d, s in dists],
+        "distance_over_spread_per_class": [float(d.mean()) / s for d, s in dists],
+        "distance_over_spread_min_per_class": [float(d.min()) / s for d, s in dists],
+    }
+
+
+def real_calibration(episode, support_ds, data, teacher, per_class: int = 50) -> dict:
+    """The memorisation figures of real images: `per_class` other novel-train images of each
+    class (not supports) should be far from copies; the supports themselves are copies."""
+    from tinyshot.data.transforms import teacher_view
+
+    size = teacher.input_size
+    taken = set(s for ids in episode.support for s in ids)
+    imgs, labels = [], []
+    for c, name in enumerate(episode.classes):
+        idx = [i for i in support_ds.indices_of(support_ds.class_names.index(name))
+               if support_ds.item_id(int(i)) not in taken][:per_class]  # fmt: skip
+        imgs += support_ds.load_images(idx)
+        labels += [c] * len(idx)
+    real = memorisation(teacher_view(imgs, size), torch.tensor(labels), data, teacher)
+    sup = data.teacher_support if data.teacher_support is not None else data.support
+    copies = memorisation(sup, data.support_labels, data, teacher)
+    return {"setting": "real-images", "other_real_images": real, "the_supports_again": copies}
+
+
 def measure(store, data, teacher, judge, jinfo, prep) -> dict:
     """Teacher agreement, judged fidelity and memorisation figures of one store."""
     raw, _ = store.load_tensor()
@@ -64,10 +97,6 @@ def measure(store, data, teacher, judge, jinfo, prep) -> dict:
     with torch.no_grad():
         seen = teacher_synthetic(raw, prep, teacher.input_size)
         hit = teacher.predict_proba(seen.float() / 255.0).argmax(1) == intended
-        feats = teacher_features(teacher, seen)
-        sup = data.teacher_support if data.teacher_support is not None else data.support
-        sup_f = teacher_features(teacher, sup)
-    dists = nearest_support_distances(feats, intended, sup_f, data.support_labels, data.ways)
     share = judged_share(judge, jinfo["class_names"], {
         name: crop_generator_frame(store.load_tensor(c)[0], prep)
         for c, name in enumerate(data.class_names)
@@ -79,8 +108,7 @@ def measure(store, data, teacher, judge, jinfo, prep) -> dict:
         },
         "judged_mean": share["mean"],
         "judged_per_class": share["per_class"],
-        "near_copies_per_class": [near_copy_share(d, s) for d, s in dists],
-        "distance_over_spread_per_class": [float(d.mean()) / s for d, s in dists],
+        **memorisation(seen, intended, data, teacher),
     }
 
 
@@ -144,7 +172,7 @@ def main() -> None:
         folder = a.out / name / "lora"
         res = specialize_lora(model, data.support_pil, data.class_names, cfg, folder, spec)
         train_s = time.perf_counter() - t0
-        store = generate_lora(model, folder, "lora", out_dir=a.out / name / "images", **gen)
+        store = generate(model, folder, "lora", out_dir=a.out / name / "images", **gen)
         record({
             "setting": name, "method": "lora", "config": cfg.to_dict(),
             **measure(store, data, teacher, judge, jinfo, prep),
@@ -154,6 +182,8 @@ def main() -> None:
             ],
             "train_s": train_s, "seconds": time.perf_counter() - t0,
         })  # fmt: skip
+    if "real-images" not in done:
+        record(real_calibration(episode, support_ds, data, teacher))
     out = {
         "format": "tinyshot.lora-probe",
         "world": "unknown",
@@ -174,6 +204,8 @@ def main() -> None:
     if a.json:
         write_json(a.json, out)
     for r in rows:
+        if "near_copies_per_class" not in r:
+            continue
         copies = [c for c in r["near_copies_per_class"] if c is not None]
         print(
             f"{r['setting']:<16} agreement {100 * r['agreement']:5.1f}%  judged "

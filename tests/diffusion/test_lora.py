@@ -1,4 +1,4 @@
-"""LoRA specialization (diffusion.lora) and sampling from the adapted model (generate_lora):
+"""LoRA specialization (diffusion.lora) and sampling from the adapted model (generate with a LoRA folder):
 exact parameter counts, the support loss falls, bit-exact resume, diffusers' own loader reads
 the folder, the three samplers write stores with their settings."""
 
@@ -12,7 +12,7 @@ import torch
 
 from tinyshot.diffusion import lora as lora_mod
 from tinyshot.diffusion.config import SpecializeConfig
-from tinyshot.diffusion.generate import generate_from_names, generate_lora
+from tinyshot.diffusion.generate import generate, generate_from_names
 from tinyshot.diffusion.lora import (
     LoraSpecialization,
     LoraTrainConfig,
@@ -111,21 +111,7 @@ def test_lora_lowers_the_support_loss_and_leaves_the_model_as_it_was(
         specialize_lora(m, images, names, other, tmp_path / "lora", SAMPLING)
 
 
-def _dies_at(monkeypatch, name: str, call: int):
-    real = getattr(lora_mod, name)
-    calls = {"n": 0}
-
-    def wrapped(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == call:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(lora_mod, name, wrapped)
-    return real
-
-
-def test_lora_resumes_bit_exactly_after_an_interrupted_run(tmp_path, monkeypatch):
+def test_lora_resumes_bit_exactly_after_an_interrupted_run(tmp_path, monkeypatch, dies_at):
     m = build_tiny_diffusion_model(seed=6)
     lat = _latents()
     before = _probe(m)
@@ -133,7 +119,7 @@ def test_lora_resumes_bit_exactly_after_an_interrupted_run(tmp_path, monkeypatch
         steps=6, lr=1e-2, rank=2, warmup_steps=2, text_encoder=True, checkpoint_seconds=1e-9
     )
     train_lora(m, lat, ["a", "b"], cfg, tmp_path / "full")
-    real = _dies_at(monkeypatch, "diffusion_loss", 4)  # inside step index 3
+    real = dies_at(lora_mod, "diffusion_loss", 4)  # inside step index 3
     with pytest.raises(KeyboardInterrupt):
         train_lora(m, lat, ["a", "b"], cfg, tmp_path / "cut")
     state = torch.load(tmp_path / "cut" / lora_mod.STATE, weights_only=True)
@@ -212,14 +198,14 @@ def test_lora_methods_make_stores_with_their_settings(tint_trained_model, tint_e
     folder = tmp_path / "spec"
     res = specialize_lora(m, images, names, cfg, folder, SAMPLING)
     with pytest.raises(DataError, match="lora-tint"):  # no inversion through the adapted model
-        generate_lora(m, folder, "lora-tint", 2, tmp_path / "x")
+        generate(m, folder, "lora-tint", 2, tmp_path / "x")
     res = specialize_lora(m, images, names, cfg, folder, SAMPLING, invert=True)
     arts = res.artifacts()
     assert [a.token for a in arts] == ["<tinyshot-lora-0>", "<tinyshot-lora-1>"]
     assert arts[0].null_embeddings.shape[:2] == (2, 4) and arts[0].meta["specialization"] == "lora"
     kw = dict(n_per_class=2, batch_size=3, seed=2)
     stores = {
-        meth: generate_lora(m, folder, meth, out_dir=tmp_path / meth, alpha=0.8, **kw)
+        meth: generate(m, folder, meth, out_dir=tmp_path / meth, alpha=0.8, **kw)
         for meth in ("lora", "lora-dafusion", "lora-tint")
     }
     for meth, store in stores.items():
@@ -236,17 +222,15 @@ def test_lora_methods_make_stores_with_their_settings(tint_trained_model, tint_e
         else:
             assert all(r["alpha"] == 0.8 and r["support_index"] in (0, 1) for r in recs)
     with pytest.raises(ConfigError, match="DDIM steps"):
-        generate_lora(m, folder, "lora-tint", out_dir=tmp_path / "y", steps=5, **kw)
-    with pytest.raises(ConfigError, match="generate_lora"):
-        from tinyshot.diffusion.generate import generate
-
-        generate(m, arts, "lora", 2, tmp_path / "z")
+        generate(m, folder, "lora-tint", out_dir=tmp_path / "y", steps=5, **kw)
+    with pytest.raises(ConfigError, match="class artifacts of a TI specialization"):
+        generate(m, folder, "ti", 2, tmp_path / "z")
     # a rerun resumes (nothing to do); a store of another LoRA is refused
-    again = generate_lora(m, folder, "lora", out_dir=tmp_path / "lora", alpha=0.8, **kw)
+    again = generate(m, folder, "lora", out_dir=tmp_path / "lora", alpha=0.8, **kw)
     assert len(again) == 4
     other = specialize_lora(m, images, names, LoraTrainConfig(steps=1), tmp_path / "o", SAMPLING)
     with pytest.raises(ConfigError):
-        generate_lora(m, other.folder, "lora", out_dir=tmp_path / "lora", alpha=0.8, **kw)
+        generate(m, other.folder, "lora", out_dir=tmp_path / "lora", alpha=0.8, **kw)
 
 
 def test_untrained_lora_by_class_name_is_the_name_baseline(tmp_path):
@@ -260,7 +244,7 @@ def test_untrained_lora_by_class_name_is_the_name_baseline(tmp_path):
     res = specialize_lora(m, pil, ["sandal", "bag"], cfg, tmp_path / "lora", SAMPLING)
     assert res.prompts == ["a photo of a sandal", "a photo of a bag"] and res.vectors is None
     kw = dict(n_per_class=2, batch_size=4, seed=3)
-    a = generate_lora(m, tmp_path / "lora", "lora", out_dir=tmp_path / "a", **kw)
+    a = generate(m, tmp_path / "lora", "lora", out_dir=tmp_path / "a", **kw)
     b = generate_from_names(
         m, ["sandal", "bag"], out_dir=tmp_path / "b", guidance=3.0, steps=4, **kw
     )
@@ -298,7 +282,7 @@ def test_lora_on_the_shipped_pixel_generator(tmp_path):
     cfg = LoraTrainConfig(steps=2, lr=1e-3, rank=4, warmup_steps=0)
     res = specialize_lora(m, pil, ["a", "b"], cfg, tmp_path / "lora", SAMPLING)
     assert res.meta["parameters"] > 0 and res.meta["sampling"]["timestep_spacing"]
-    store = generate_lora(m, tmp_path / "lora", "lora", 1, tmp_path / "s", batch_size=2)
+    store = generate(m, tmp_path / "lora", "lora", 1, tmp_path / "s", batch_size=2)
     assert len(store) == 2
     assert LoraSpecialization.load(tmp_path / "lora").class_names == ["a", "b"]
 
@@ -316,5 +300,5 @@ def test_lora_on_sd15_at_reduced_width(tmp_path):
     res = specialize_lora(m, pil, ["a", "b"], cfg, tmp_path / "lora", sampling, invert=True)
     assert res.meta["parameters"] == lora_parameter_count(m, cfg) and res.inverted
     for meth in ("lora", "lora-dafusion", "lora-tint"):
-        store = generate_lora(m, res.folder, meth, 1, tmp_path / meth, batch_size=2)
+        store = generate(m, res.folder, meth, 1, tmp_path / meth, batch_size=2)
         assert len(store) == 2 and store.items()[0].path.is_file()

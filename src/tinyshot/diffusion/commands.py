@@ -155,15 +155,22 @@ def _device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, help="fp32, fp16, bf16 (default: fp16 on GPU)")
 
 
+def config_from(cls, path: str | None, flags: dict):
+    """cls (a config dataclass) from a JSON file's fields, with the flags given on top."""
+    from tinyshot.utils.io import read_json
+
+    base = read_json(path) if path else {}
+    base.update({k: v for k, v in flags.items() if v is not None})
+    return cls.from_dict(base).validate()
+
+
 def _specialize(args: argparse.Namespace) -> int:
     from tinyshot.diffusion.config import SpecializeConfig
     from tinyshot.diffusion.model import load_diffusion_model
     from tinyshot.diffusion.specialize import specialize
-    from tinyshot.utils.io import read_json
     from tinyshot.utils.logging import setup_logging
 
-    base = read_json(args.config) if args.config else {}
-    overrides = {
+    flags = {
         "ti_steps": args.ti_steps,
         "ti_lr": args.ti_lr,
         "num_inference_steps": args.steps,
@@ -174,8 +181,7 @@ def _specialize(args: argparse.Namespace) -> int:
         "upscale": args.upscale,
         "seed": args.seed,
     }
-    base.update({k: v for k, v in overrides.items() if v is not None})
-    cfg = SpecializeConfig.from_dict(base).validate()
+    cfg = config_from(SpecializeConfig, args.config, flags)
     images, names = read_class_folders(args.data_dir)
     setup_logging(args.out)
     model = load_diffusion_model(args.model, args.device, args.dtype)
@@ -194,11 +200,9 @@ def _specialize_lora(args: argparse.Namespace) -> int:
     from tinyshot.diffusion.config import SpecializeConfig
     from tinyshot.diffusion.lora import LoraTrainConfig, specialize_lora
     from tinyshot.diffusion.model import load_diffusion_model
-    from tinyshot.utils.io import read_json
     from tinyshot.utils.logging import setup_logging
 
-    base = read_json(args.config) if args.config else {}
-    overrides = {
+    flags = {
         "steps": args.steps,
         "lr": args.lr,
         "rank": args.rank,
@@ -206,11 +210,8 @@ def _specialize_lora(args: argparse.Namespace) -> int:
         "prompt": args.prompt,
         "seed": args.seed,
     }
-    base.update({k: v for k, v in overrides.items() if v is not None})
-    cfg = LoraTrainConfig.from_dict(base).validate()
-    sampling = SpecializeConfig.from_dict(
-        read_json(args.sampling_config) if args.sampling_config else {}
-    )
+    cfg = config_from(LoraTrainConfig, args.config, flags)
+    sampling = config_from(SpecializeConfig, args.sampling_config, {})
     images, names = read_class_folders(args.data_dir)
     setup_logging(args.out)
     model = load_diffusion_model(args.model, args.device, args.dtype)
@@ -236,7 +237,7 @@ def read_class_folders(data_dir: str | Path) -> tuple[list[list], list[str]]:
 
 def _generate(args: argparse.Namespace) -> int:
     from tinyshot.diffusion.artifacts import load_artifacts
-    from tinyshot.diffusion.generate import LORA_METHODS, generate, generate_lora
+    from tinyshot.diffusion.generate import LORA_METHODS, generate
     from tinyshot.diffusion.lora import LoraSpecialization
     from tinyshot.diffusion.model import load_diffusion_model
     from tinyshot.errors import ConfigError
@@ -251,16 +252,14 @@ def _generate(args: argparse.Namespace) -> int:
         guidance=args.guidance,
         steps=args.steps,
     )
+    # a wrong folder fails before the model loads
     if args.method in LORA_METHODS:
-        LoraSpecialization.load(args.artifacts)  # a wrong folder fails before the model loads
-        setup_logging(args.out)
-        model = load_diffusion_model(args.model, args.device, args.dtype)
-        store = generate_lora(model, args.artifacts, args.method, args.per_class, args.out, **kw)
+        arts = LoraSpecialization.load(args.artifacts)
     else:
         arts = load_artifacts(args.artifacts)
-        setup_logging(args.out)
-        model = load_diffusion_model(args.model, args.device, args.dtype)
-        store = generate(model, arts, args.method, args.per_class, args.out, **kw)
+    setup_logging(args.out)
+    model = load_diffusion_model(args.model, args.device, args.dtype)
+    store = generate(model, arts, args.method, args.per_class, args.out, **kw)
     print(f"{len(store)} images in {args.out} (manifest.jsonl)")
     return 0
 

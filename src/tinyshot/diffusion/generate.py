@@ -11,7 +11,8 @@ docs/generator.md has the table and the paper behind each cell.
   (the model's own training caption for a class it was trained on), the empty-prompt null.
 - "lora", "lora-dafusion", "lora-tint": the same three samplers on the LoRA-adapted model
   (diffusion.lora: fresh noise = DataDream; TINT with null embeddings inverted through the
-  adapted UNet), conditioned on the LoRA's class token (or class name); `generate_lora`.
+  adapted UNet), conditioned on the LoRA's class token (or class name); `generate` with a
+  LoRA folder in place of the artifacts.
 
 Each image's support pick and noise come from derive_seed(seed, class, index) alone, so the
 set does not depend on batching order, and a resumed run reproduces an uninterrupted one.
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -309,7 +310,7 @@ def _check_timesteps(ctx: _Context, a0: ClassArtifact) -> None:
 
 def generate(
     model: DiffusionModel,
-    artifacts: Sequence[ClassArtifact],
+    artifacts: Sequence[ClassArtifact] | str | Path | Any,
     method: str = "tint",
     n_per_class: int = 100,
     out_dir: str | Path = "synthetic",
@@ -324,15 +325,34 @@ def generate(
 ) -> ImageStore:
     """Generate n_per_class images per class into out_dir (PNGs + manifest.jsonl); resumable.
 
+    artifacts: a TI specialization's class artifacts (specialize, load_artifacts); for the
+    lora* methods, a LoRA folder (diffusion.lora.specialize_lora) or its LoraSpecialization.
     guidance/steps default to the specialization's; TINT requires them (its null embeddings
     were optimized for that guidance and those timesteps). store_size: images larger than
     that side are kept shrunk to it (diffusion.store); None keeps the generated size.
     """
     strengths = _check_request(method, alpha, n_per_class, batch_size, strengths)
+
+    def fill(ctx: _Context, class_names: list[str], settings: dict[str, Any]) -> ImageStore:
+        """The store of `settings` (what the specialization decides) plus the request's."""
+        settings = {
+            **settings,
+            "seed": seed,
+            "batch_size": batch_size,
+            "n_per_class": n_per_class,
+            "class_names": list(class_names),
+            "model_id": model.model_id,
+            "resolution": model.resolution,
+        }
+        return _fill_store(
+            model, ctx, class_names, settings, out_dir, n_per_class, batch_size, seed,
+            show_progress, store_size,
+        )  # fmt: skip
+
     if method in LORA_METHODS:
-        raise ConfigError(f"{method}: samples a LoRA folder, use generate_lora (or --artifacts)")
-    if not artifacts:
-        raise ConfigError("no class artifacts given")
+        return _sample_lora(model, artifacts, method, alpha, guidance, steps, strengths, fill)
+    if isinstance(artifacts, (str, Path)) or not artifacts:
+        raise ConfigError(f"{method}: needs the class artifacts of a TI specialization")
     a0 = artifacts[0]
     if method == "name":  # only the class names and the sampling settings are used
         return generate_from_names(
@@ -380,29 +400,12 @@ def generate(
         "method": method,
         "alpha": float(alpha) if method == "tint" else None,
         "strengths": list(strengths) if method == "dafusion" else None,
-        "seed": seed,
         "guidance": guidance,
         "steps": steps,
         "timestep_spacing": spacing,
-        "batch_size": batch_size,
-        "n_per_class": n_per_class,
-        "class_names": [a.class_name for a in artifacts],
-        "model_id": model.model_id,
         "artifacts_sha256": _artifacts_digest(artifacts),
-        "resolution": model.resolution,
     }
-    return _fill_store(
-        model,
-        ctx,
-        [a.class_name for a in artifacts],
-        settings,
-        out_dir,
-        n_per_class,
-        batch_size,
-        seed,
-        show_progress,
-        store_size,
-    )
+    return fill(ctx, [a.class_name for a in artifacts], settings)
 
 
 def _fill_store(
@@ -537,58 +540,45 @@ def generate_from_names(
     )  # fmt: skip
 
 
-def generate_lora(
+def _sample_lora(
     model: DiffusionModel,
-    lora_dir: str | Path,
-    method: str = "lora",
-    n_per_class: int = 100,
-    out_dir: str | Path = "synthetic",
-    alpha: float = 1.0,
-    batch_size: int = 16,
-    seed: int = 0,
-    guidance: float | None = None,
-    steps: int | None = None,
-    strengths: Sequence[float] = DAFUSION_STRENGTHS,
-    show_progress: bool | None = None,
-    store_size: int | None = None,
+    lora_dir: Any,
+    method: str,
+    alpha: float,
+    guidance: float | None,
+    steps: int | None,
+    strengths: tuple[float, ...],
+    fill: Callable[[_Context, list[str], dict[str, Any]], ImageStore],
 ) -> ImageStore:
-    """Images from the LoRA-adapted model of a diffusion.lora folder: `lora` (fresh noise, the
-    class prompt, the adapted model's empty-prompt null: DataDream), `lora-dafusion` (img2img
-    from the supports) or `lora-tint` (TINT from the supports inverted through the adapted
-    model; needs specialize_lora(..., invert=True)). Resumable and batch-independent like
-    `generate`; image j of a class uses the same noise as TI's and TINT's image j.
-
-    guidance/steps default to the sampling settings the folder was made with."""
+    """The lora* methods: `lora` (fresh noise, the class prompt, the adapted model's
+    empty-prompt null: DataDream), `lora-dafusion` (img2img from the supports) or `lora-tint`
+    (TINT from the supports inverted through the adapted model; needs
+    specialize_lora(..., invert=True)), all sampled from the LoRA-adapted model. Image j of a
+    class uses the same noise as TI's and TINT's image j; guidance/steps default to the
+    sampling settings the folder was made with."""
     from tinyshot.diffusion.lora import LoraSpecialization, lora_adapter
 
-    strengths = _check_request(method, alpha, n_per_class, batch_size, strengths)
-    if method not in LORA_METHODS:
-        raise ConfigError(f"generate_lora samples {LORA_METHODS}, not {method!r}")
-    lora = LoraSpecialization.load(lora_dir)
+    lora = (
+        lora_dir if isinstance(lora_dir, LoraSpecialization) else LoraSpecialization.load(lora_dir)
+    )
     if lora.meta.get("model_id") not in (None, model.model_id):
         log.warning("LoRA trained on %s, generating with %s", lora.meta["model_id"], model.model_id)
     steps = steps or lora.num_inference_steps
     guidance = float(lora.guidance if guidance is None else guidance)
     warn_untested_steps(model, steps)
-    tint = METHOD_PARTS[method][1] == "tint"
-    inverted = lora.artifacts() if tint else None
+    sampling = METHOD_PARTS[method][1]
+    inverted = lora.artifacts() if sampling == "tint" else None
     if inverted is not None:
         _check_tint_settings(steps, guidance, inverted[0])
     settings = {
         "method": method,
-        "alpha": float(alpha) if tint else None,
-        "strengths": list(strengths) if METHOD_PARTS[method][1] == "img2img" else None,
-        "seed": seed,
+        "alpha": float(alpha) if sampling == "tint" else None,
+        "strengths": list(strengths) if sampling == "img2img" else None,
         "guidance": guidance,
         "steps": steps,
         "timestep_spacing": lora.timestep_spacing,
-        "batch_size": batch_size,
-        "n_per_class": n_per_class,
-        "class_names": lora.class_names,
         "prompts": lora.prompts,
-        "model_id": model.model_id,
         "lora_sha256": lora.digest(),
-        "resolution": model.resolution,
     }
     with lora_adapter(model, lora):
         ctx = _make_context(
@@ -597,10 +587,7 @@ def generate_lora(
         )  # fmt: skip
         if inverted is not None:
             _check_timesteps(ctx, inverted[0])
-        return _fill_store(
-            model, ctx, lora.class_names, settings, out_dir, n_per_class, batch_size, seed,
-            show_progress, store_size,
-        )  # fmt: skip
+        return fill(ctx, lora.class_names, settings)
 
 
 @torch.inference_mode()

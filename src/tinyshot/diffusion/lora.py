@@ -59,13 +59,14 @@ from PIL import Image
 
 from tinyshot.diffusion.artifacts import ClassArtifact, artifact_done, load_artifacts
 from tinyshot.diffusion.config import SpecializeConfig
-from tinyshot.diffusion.ddim import X0Rule, make_schedule, resolve_spacing
+from tinyshot.diffusion.ddim import make_schedule, resolve_spacing
 from tinyshot.diffusion.model import DiffusionModel, name_prompt
 from tinyshot.diffusion.specialize import (
     EVAL_TIMESTEPS,
     _check_inputs,
     artifact_meta,
     claim_folder,
+    inputs_fingerprint,
     invert_in_chunks,
     prepare_support_latents,
 )
@@ -530,26 +531,6 @@ def lora_adapter(model: DiffusionModel, spec: LoraSpecialization) -> Iterator[Di
         remove_adapters(model)
 
 
-def _fingerprint(
-    model: DiffusionModel,
-    cfg: LoraTrainConfig,
-    sampling: SpecializeConfig,
-    class_names: list[str],
-    counts: list[int],
-    digest: str,
-) -> dict[str, Any]:
-    return {
-        "config": {k: v for k, v in cfg.to_dict().items() if k not in NOT_FINGERPRINTED},
-        "sampling": {k: getattr(sampling, k) for k in SAMPLING_FIELDS},
-        "class_names": list(class_names),
-        "num_images": counts,
-        "images_sha256": digest,
-        "model_id": model.model_id,
-        "latent_shape": list(model.latent_shape),
-        "x0_rule": asdict(X0Rule.from_config(model.scheduler.config)),
-    }
-
-
 def specialize_lora(
     model: DiffusionModel,
     images_per_class: list[list[Image.Image]],
@@ -572,8 +553,11 @@ def specialize_lora(
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     latents, digest = prepare_support_latents(model, images_per_class, spec)
-    counts = [len(x) for x in images_per_class]
-    fp = _fingerprint(model, cfg, spec, class_names, counts, digest)
+    fp = {
+        "config": {k: v for k, v in cfg.to_dict().items() if k not in NOT_FINGERPRINTED},
+        "sampling": {k: getattr(spec, k) for k in SAMPLING_FIELDS},
+        **inputs_fingerprint(model, class_names, [len(x) for x in images_per_class], digest),
+    }
     claim_folder(out, fp, CLAIM, NOT_FINGERPRINTED)
     if not (out / RESULT).is_file():
         _train_and_record(model, latents, class_names, cfg, spec, out, show_progress, t0)

@@ -91,6 +91,16 @@ def _fingerprint(
 ) -> dict[str, Any]:
     return {
         "config": {k: v for k, v in cfg.to_dict().items() if k not in NOT_FINGERPRINTED},
+        **inputs_fingerprint(model, class_names, counts, digest),
+    }
+
+
+def inputs_fingerprint(
+    model: DiffusionModel, class_names: list[str], counts: list[int], digest: str
+) -> dict[str, Any]:
+    """What a specialization folder was made from besides its settings: the classes, their
+    image counts and prepared images (digest), the model and its sampling rule."""
+    return {
         "class_names": list(class_names),
         "num_images": counts,
         "images_sha256": digest,

@@ -25,7 +25,7 @@ def specialize_and_generate(
 ) -> dict[str, Any]:
     """Stage 1: TINT specialization, then each requested generator's synthetic set."""
     from tinyshot.diffusion.config import SpecializeConfig
-    from tinyshot.diffusion.generate import generate, generate_from_names, generate_lora
+    from tinyshot.diffusion.generate import generate, generate_from_names
     from tinyshot.diffusion.lora import LoraTrainConfig, specialize_lora
     from tinyshot.diffusion.model import load_diffusion_model
     from tinyshot.diffusion.specialize import specialize
@@ -74,14 +74,11 @@ def specialize_and_generate(
                     timestep_spacing=spec_cfg.timestep_spacing,
                     **common,
                 )
-            elif gen in LORA_GENERATORS:
-                stores[gen] = generate_lora(
-                    model, work_dir / "lora", gen, out_dir=out, alpha=config.alpha, **common
-                )
-            else:
-                assert artifacts is not None
+            else:  # a LoRA method samples the LoRA folder, the others TI's artifacts
+                source = work_dir / "lora" if gen in LORA_GENERATORS else artifacts
+                assert source is not None
                 stores[gen] = generate(
-                    model, artifacts, gen, out_dir=out, alpha=config.alpha, **common
+                    model, source, gen, out_dir=out, alpha=config.alpha, **common
                 )
     totals = times.totals()
     keys = [
