@@ -216,6 +216,36 @@ def test_fit_exports_a_working_onnx_model_and_resumes(tiny_generator, fmnist, tm
     assert "a.png" in capsys.readouterr().out
 
 
+def test_fit_with_the_lora_method(tiny_generator, fmnist, tmp_path, capsys):
+    """`fit --method lora --lora-steps N`: the LoRA folder in the run, its images, the health
+    record reading the LoRA folder's figures, and an ONNX model; config.json has the LoRA
+    settings (a tint run's does not)."""
+    from tinyshot.cli import main
+
+    support_ds, _, _ = fmnist
+    data = tmp_path / "data"
+    _write_imagefolder(data, support_ds, [0, 2], k=3)
+    cfg = tiny_config(tiny_generator, methods=("lora",)).to_dict()
+    cfg.pop("methods")
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    run = tmp_path / "run"
+    argv = ["fit", str(data), "--out", str(run), "--config", str(tmp_path / "cfg.json"),
+            "--method", "lora", "--lora-steps", "3"]  # fmt: skip
+    assert main(argv) == 0
+    assert (run / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    assert len(list((run / "synthetic" / "lora").glob("**/*.png"))) == 2 * 6
+    config = json.loads((run / "config.json").read_text())["config"]
+    assert config["methods"] == ["lora"] and config["lora"]["steps"] == 3
+    health = json.loads((run / "health.json").read_text())
+    assert set(health["generators"]) == {"lora"}
+    lora = json.loads((run / "lora" / "lora.json").read_text())["stats"]
+    assert [h["ti_loss_init"] for h in health["classes"]] == lora["support_loss_init"]
+    assert (run / "model.onnx").is_file() and "health:  lora synthetic images" in (
+        capsys.readouterr().out
+    )
+    assert "lora" not in tiny_config(tiny_generator, methods=("tint",)).to_dict()
+
+
 def test_fit_refuses_bad_input_with_clear_errors(tiny_generator, tmp_path, capsys):
     from tinyshot.cli import main
 
