@@ -118,6 +118,10 @@ def main() -> None:
     p.add_argument("--lora", nargs="+", default=["400:1e-4", "400:1e-3", "1000:1e-3"])
     p.add_argument("--episode", type=int, default=0, help="which tuning episode (seed 1000)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument(
+        "--extra-guidance", type=float, nargs="*", default=[],
+        help="also sample every setting at these guidances (DataDream samples at 2.0)",
+    )  # fmt: skip
     a = p.parse_args()
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
     a.out.mkdir(parents=True, exist_ok=True)
@@ -182,6 +186,26 @@ def main() -> None:
             ],
             "train_s": train_s, "seconds": time.perf_counter() - t0,
         })  # fmt: skip
+    for g in a.extra_guidance:  # the same specializations, sampled at another guidance
+        for r in [r for r in rows if r.get("method") in ("ti", "lora") and "guidance" not in r]:
+            name = f"{r['setting']}-g{g:g}"
+            if name in done:
+                continue
+            t0 = time.perf_counter()
+            images = a.out / r["setting"] / f"images-g{g:g}"
+            if r["method"] == "ti":
+                arts = specialize(
+                    model, data.support_pil, data.class_names, spec, a.out / "ti" / "spec"
+                )
+                store = generate(model, arts, "ti", out_dir=images, guidance=g, **gen)
+            else:
+                folder = a.out / r["setting"] / "lora"
+                store = generate(model, folder, "lora", out_dir=images, guidance=g, **gen)
+            record({
+                "setting": name, "method": r["method"], "guidance": g,
+                **measure(store, data, teacher, judge, jinfo, prep),
+                "seconds": time.perf_counter() - t0,
+            })  # fmt: skip
     if "real-images" not in done:
         record(real_calibration(episode, support_ds, data, teacher))
     out = {
