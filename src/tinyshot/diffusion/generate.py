@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -42,6 +42,9 @@ from tinyshot.diffusion.textual_inversion import encode_token_prompts
 from tinyshot.errors import ConfigError, ModelError
 from tinyshot.utils.logging import get_logger, progress
 from tinyshot.utils.seed import derive_seed, torch_generator
+
+if TYPE_CHECKING:
+    from tinyshot.diffusion.lora import LoraSpecialization
 
 log = get_logger("diffusion.generate")
 
@@ -310,7 +313,7 @@ def _check_timesteps(ctx: _Context, a0: ClassArtifact) -> None:
 
 def generate(
     model: DiffusionModel,
-    artifacts: Sequence[ClassArtifact] | str | Path | Any,
+    artifacts: Sequence[ClassArtifact] | str | Path | LoraSpecialization,
     method: str = "tint",
     n_per_class: int = 100,
     out_dir: str | Path = "synthetic",
@@ -542,7 +545,7 @@ def generate_from_names(
 
 def _sample_lora(
     model: DiffusionModel,
-    lora_dir: Any,
+    lora_dir: str | Path | LoraSpecialization,
     method: str,
     alpha: float,
     guidance: float | None,
