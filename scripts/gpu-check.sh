@@ -2,7 +2,8 @@
 # The full-size path on one GPU in one command (about 5 minutes on an H100/H200, at most 8):
 #   1. `tinyshot bench generate --arch sd15`: SD 1.5's UNet/VAE/CLIP text encoder from the
 #      published configs (random weights, no download) at 512 px, fp16 and bf16 (if supported):
-#      seconds per TI step, per NTI'd image (50 x 10), per generated image batched and one at a
+#      seconds per TI step, per LoRA training step (rank 16, 8 images, fp32 adapters on the
+#      fp16/bf16 UNet), per NTI'd image (50 x 10), per generated image batched and one at a
 #      time in fp32, all-in seconds per image beside the paper's 1.01 s (A40), peak GPU memory.
 #   2. the ViT teachers' forward time at 224 px, batch 64, fp32 and fp16 autocast, random
 #      weights from the published configs: DINO ViT-B/16 (the paper's), DINOv2 ViT-S/14 and

@@ -116,3 +116,24 @@ def interrupt_second_call(monkeypatch):
         return real, calls
 
     return install
+
+
+@pytest.fixture
+def dies_at(monkeypatch):
+    """install(module, name, call): module.name raises KeyboardInterrupt on its call-th call
+    (1-based): a kill in the middle of a stage; returns the real function."""
+
+    def install(module, name, call):
+        real = getattr(module, name)
+        calls = {"n": 0}
+
+        def wrapped(*a, **k):
+            calls["n"] += 1
+            if calls["n"] == call:
+                raise KeyboardInterrupt
+            return real(*a, **k)
+
+        monkeypatch.setattr(module, name, wrapped)
+        return real
+
+    return install

@@ -174,7 +174,8 @@ def test_bench_generate_sd15_reduced(tmp_path, capsys):
     argv = ["bench", "generate", "--arch", "sd15", "--width-divisor", str(W), "--latent-size",
             str(LATENT), "--classes", "2", "--shots", "1", "--ti-steps", "1", "--steps", "2",
             "--nti-inner-steps", "1", "--images", "2", "--batch-size", "2",
-            "--reference-images", "1", "--device", "cpu", "--json-out", str(out)]  # fmt: skip
+            "--reference-images", "1", "--lora-steps", "1", "--device", "cpu",
+            "--json-out", str(out)]  # fmt: skip
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "All-in per image" in text and "1.01 s on an A40" in text
@@ -186,6 +187,10 @@ def test_bench_generate_sd15_reduced(tmp_path, capsys):
     all_in = sum(rows[p]["per_generated_image_s"] for p in parts)
     assert rows["All-in per image"]["per_generated_image_s"] == pytest.approx(all_in)
     assert rows["All-in per image"]["paper_per_generated_image_s"] == 1.01
+    # a LoRA step of 8 images (rank 16), amortised as DataDream's 400 steps per class
+    lora = rows["LoRA training"]
+    assert lora["per_unit_s"] > 0 and r["info"]["lora"]["batch"] == 8
+    assert lora["per_generated_image_s"] == pytest.approx(lora["per_unit_s"] * 400 / 4000)
     # NTI amortised as the paper: 5 support images per class over 4000 generated images
     nti = rows["Null-text inversion"]
     assert nti["per_generated_image_s"] == pytest.approx(nti["per_unit_s"] * 5 / 4000)

@@ -72,7 +72,8 @@ def test_bench_generate_json(capsys):
     steps = [r["step"] for r in res["rows"]]
     assert steps[0].startswith("Textual inversion") and steps[1].startswith("Null-text")
     timed = [r for r in res["rows"] if not r["step"].startswith("All-in")]
-    assert len(timed) == 4 and all(r["total_s"] > 0 and r["per_unit_s"] > 0 for r in timed)
+    assert len(timed) == 5 and all(r["total_s"] > 0 and r["per_unit_s"] > 0 for r in timed)
+    assert steps[2] == "LoRA training (rank 16, 8 images)"  # 5 steps, DataDream's batch
     assert res["rows"][-1]["per_generated_image_s"] == pytest.approx(
         res["info"]["all_in_per_image_s"]
     )

@@ -23,21 +23,6 @@ def _latents():
     return [torch.randn(2, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)]
 
 
-def _dies_at(monkeypatch, name: str, call: int):
-    """Make ti_mod.<name> raise KeyboardInterrupt on its call-th call (1-based)."""
-    real = getattr(ti_mod, name)
-    calls = {"n": 0}
-
-    def wrapped(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == call:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(ti_mod, name, wrapped)
-    return real
-
-
 def test_default_checkpoint_interval_is_a_tenth_of_the_run():
     assert checkpoint_every_steps(SpecializeConfig(ti_steps=150)) == 15
     assert checkpoint_every_steps(SpecializeConfig(ti_steps=5000)) == 500
@@ -45,7 +30,7 @@ def test_default_checkpoint_interval_is_a_tenth_of_the_run():
     assert checkpoint_every_steps(SpecializeConfig(ti_steps=150, ti_checkpoint_every=40)) == 40
 
 
-def test_ti_checkpoints_by_time_and_resumes_bit_exact(tmp_path, monkeypatch):
+def test_ti_checkpoints_by_time_and_resumes_bit_exact(tmp_path, monkeypatch, dies_at):
     m = build_tiny_diffusion_model(seed=6)
     lat = _latents()
     # never by steps, always by time: a checkpoint after every step
@@ -57,7 +42,7 @@ def test_ti_checkpoints_by_time_and_resumes_bit_exact(tmp_path, monkeypatch):
         ti_checkpoint_seconds=1e-9,
     )
     full = train_tokens(m, lat, TEMPLATE, cfg, state_path=tmp_path / "a.pt")
-    real = _dies_at(monkeypatch, "diffusion_loss", 4)  # inside step index 3
+    real = dies_at(ti_mod, "diffusion_loss", 4)  # inside step index 3
     with pytest.raises(KeyboardInterrupt):
         train_tokens(m, lat, TEMPLATE, cfg, state_path=tmp_path / "b.pt")
     state = torch.load(tmp_path / "b.pt", weights_only=True)
@@ -68,7 +53,7 @@ def test_ti_checkpoints_by_time_and_resumes_bit_exact(tmp_path, monkeypatch):
     assert torch.equal(full, resumed)
 
 
-def test_ti_interrupt_between_steps_keeps_the_last_step(tmp_path, monkeypatch):
+def test_ti_interrupt_between_steps_keeps_the_last_step(tmp_path, monkeypatch, dies_at):
     m = build_tiny_diffusion_model(seed=6)
     lat = _latents()
     # no checkpoint by steps or time during the run: only the interrupt writes one
@@ -76,7 +61,7 @@ def test_ti_interrupt_between_steps_keeps_the_last_step(tmp_path, monkeypatch):
         ti_steps=6, ti_lr=1e-2, ti_batch_size=2, ti_checkpoint_every=1000, ti_checkpoint_seconds=1e9
     )
     full = train_tokens(m, lat, TEMPLATE, cfg)
-    real = _dies_at(monkeypatch, "_draw", 5)  # at the start of step index 4: 4 steps done
+    real = dies_at(ti_mod, "_draw", 5)  # at the start of step index 4: 4 steps done
     with pytest.raises(KeyboardInterrupt):
         train_tokens(m, lat, TEMPLATE, cfg, state_path=tmp_path / "c.pt")
     assert torch.load(tmp_path / "c.pt", weights_only=True)["step"] == 4
@@ -164,7 +149,7 @@ def test_checkpoint_cadence_is_not_part_of_the_fingerprint(tmp_path, tint_episod
     assert len(arts) == 2
 
 
-def test_fp16_ti_resumes_bit_exact_with_the_loss_scale(tmp_path, monkeypatch):
+def test_fp16_ti_resumes_bit_exact_with_the_loss_scale(tmp_path, monkeypatch, dies_at):
     """The scaler's state is in the checkpoint: an fp16 run whose scale backs off before the
     interrupt resumes to the same vectors as an uninterrupted one."""
     m = build_tiny_diffusion_model(seed=6, dtype="fp16")
@@ -182,7 +167,7 @@ def test_fp16_ti_resumes_bit_exact_with_the_loss_scale(tmp_path, monkeypatch):
     monkeypatch.setattr(ti_mod.LossScaler, "__init__", huge_scale)
     full = train_tokens(m, lat, TEMPLATE, cfg, state_path=tmp_path / "a.pt")
     assert scalers[0].skipped > 0 and scalers[0].scale < 2.0**40
-    real = _dies_at(monkeypatch, "diffusion_loss", 4)
+    real = dies_at(ti_mod, "diffusion_loss", 4)
     with pytest.raises(KeyboardInterrupt):
         train_tokens(m, lat, TEMPLATE, cfg, state_path=tmp_path / "b.pt")
     state = torch.load(tmp_path / "b.pt", weights_only=True)

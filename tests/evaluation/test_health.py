@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -21,6 +22,7 @@ from tinyshot.evaluation.health import (
     hold_out_supports,
     judge,
     loo_protonet_accuracy,
+    near_copy_share,
     nti_psnr,
     remedy,
     status_line,
@@ -382,3 +384,95 @@ def test_run_notes_lead_the_warnings_and_are_not_logged_twice(caplog):
         "tint synthetic images warn: teacher agreement 40.0% (chance 20.0%), 1 of 1 classes warn"
     )
     assert logged == [f"health: {sick.problems[0]}", f"health: {summary} (dog)"]
+
+
+def _two_shade_episode():
+    """3 classes x 2 supports, each class two shades of its own colour (a spread above 0)."""
+    base = torch.eye(3)
+    shades = torch.stack([base * 0.9 + 0.05, base * 0.6 + 0.2], 1).reshape(6, 3)
+    support = (shades[:, :, None, None].expand(6, 3, 8, 8) * 255).round().to(torch.uint8)
+    return shades, support, torch.arange(3).repeat_interleave(2)
+
+
+def test_memorisation_flags_copies_of_the_supports_and_not_new_images():
+    """Exact copies pass the agreement check (they are their class) and warn on their own;
+    images as far from the supports as the supports are from each other do not."""
+    shades, support, labels = _two_shade_episode()
+    intended = torch.arange(3).repeat_interleave(4)
+    copies = support[torch.arange(6).view(3, 2).repeat(1, 2).view(-1)].float() / 255  # each twice
+    # new images: a support's shade pushed along another channel, 0.55x the class's spread
+    # (cosine 0.019 against 0.035) from their nearest support: not copies
+    fresh = shades[2 * intended].clone()
+    for i, c in enumerate(intended.tolist()):
+        fresh[i, (c + 1 + i % 2) % 3] += 0.25
+    fresh = fresh[:, :, None, None].expand(-1, 3, 8, 8).clone()
+    probs = F.one_hot(intended, 3).float()
+    report = assess(
+        teacher=_FlatTeacher(),
+        class_names=["cat", "dog", "pig"],
+        support=support,
+        support_labels=labels,
+        soft_labels={"lora": probs, "tint": probs},
+        intended={"lora": intended, "tint": intended},
+        synthetic={"lora": copies, "tint": fresh},
+        spec_dir=None,
+        sources=["support", "synthetic:lora", "synthetic:tint"],
+    )
+    by = {(h.generator, h.class_name): h for h in report.classes}
+    for name in ("cat", "dog", "pig"):
+        copied, new = by[("lora", name)], by[("tint", name)]
+        assert copied.agreement == 1.0 and copied.near_copies == 1.0
+        assert copied.status == "warn" and "near-copies" in copied.problems[0]
+        assert "train the LoRA less" in copied.problems[0]
+        assert new.status == "ok" and new.near_copies == 0.0 and new.problems == []
+    assert report.to_dict()["thresholds"]["memorisation_ratio"] == 0.25
+    # one support per class: no spread, no verdict
+    assert near_copy_share(torch.zeros(3), None) is None
+
+
+def test_remedy_offers_the_lora_method_unless_it_is_the_one_failing():
+    from tinyshot.cli import build_parser
+
+    assert "--method lora (LoRA adapts" in remedy(fit=True, has_base=True)
+    assert "--method lora (LoRA adapts" in remedy(fit=True, has_base=False, method="tint")
+    again = remedy(fit=True, has_base=False, method="lora")
+    assert "--method lora" not in again and "more --lora-steps" in again
+    assert "the lora method" in remedy() and "the lora method" in remedy(method="ti")
+    assert "train the LoRA longer" in remedy(method="lora-tint")
+    parser = build_parser()
+    parser.parse_args(["fit", "d", "--out", "o", "--method", "lora", "--lora-steps", "50"])
+
+
+def test_lora_methods_read_their_own_specialization_figures(tmp_path):
+    """TI's support loss explains TI methods, the LoRA folder's (lora.json) LoRA methods."""
+    _, support, labels = _two_shade_episode()
+    intended = torch.arange(3).repeat_interleave(2)
+    at_chance = F.one_hot(torch.zeros_like(intended), 3).float()
+    x = torch.rand(6, 3, 8, 8)
+    ti, lora = tmp_path / "spec", tmp_path / "lora"
+    ti.mkdir()
+    lora.mkdir()
+    for c in range(3):  # TI learned little, the LoRA much
+        (ti / f"{c}.json").write_text('{"stats": {"ti_loss_init": 0.1, "ti_loss_final": 0.0999}}')
+    stats = {"support_loss_init": [0.1] * 3, "support_loss_final": [0.05] * 3}
+    (lora / "lora.json").write_text(json.dumps({"stats": stats}))
+    report = assess(
+        teacher=_FlatTeacher(),
+        class_names=["cat", "dog", "pig"],
+        support=support,
+        support_labels=labels,
+        soft_labels={"ti": at_chance, "lora": at_chance},
+        intended={"ti": intended, "lora": intended},
+        synthetic={"ti": x, "lora": x},
+        spec_dir=ti,
+        lora_dir=lora,
+        sources=["support"],
+    )
+    by = {(h.generator, h.class_name): h for h in report.classes}
+    assert by[("lora", "dog")].ti_relative_drop == pytest.approx(0.5)
+    assert by[("ti", "dog")].ti_relative_drop == pytest.approx(0.001)
+    assert any("textual inversion support loss" in p for p in by[("ti", "dog")].problems)
+    assert not any("support loss" in p for p in by[("lora", "dog")].problems)
+    # the failing TI class is offered the LoRA method; the failing LoRA class more training
+    assert "the lora method" in by[("ti", "dog")].problems[0]
+    assert "train the LoRA longer" in by[("lora", "dog")].problems[0]

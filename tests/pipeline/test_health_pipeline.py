@@ -69,16 +69,23 @@ def test_episode_records_health_for_every_generator(tiny_generator, fmnist, tmp_
 
     support_ds, query_ds, base_ds = fmnist
     ep = sample_episode(support_ds, 3, 2, 4, seed=1, query_ds=query_ds)
-    cfg = tiny_config(tiny_generator, methods=("teacher", "support+base", "tint", "ti"))
+    methods = ("teacher", "support+base", "tint", "ti", "lora", "lora-tint")
+    cfg = tiny_config(tiny_generator, methods=methods)
     res = run_pipeline_episode(ep, support_ds, query_ds, base_ds, cfg, tmp_path / "ep", seed=5)
     health = read_json(tmp_path / "ep" / "health.json")
-    assert set(health["generators"]) == {"ti", "tint"}
-    assert health["sources"] == ["support", "base", "synthetic:ti", "synthetic:tint"]
-    assert len(health["classes"]) == 2 * 3
+    assert set(health["generators"]) == {"ti", "tint", "lora", "lora-tint"}
+    assert health["sources"] == ["support", "base"] + [
+        f"synthetic:{g}" for g in ("ti", "tint", "lora", "lora-tint")
+    ]
+    assert len(health["classes"]) == 4 * 3
+    lora = read_json(tmp_path / "ep" / "lora" / "lora.json")["stats"]
     for h in health["classes"]:
         assert h["images"] == 6 and 0.0 <= h["agreement"] <= 1.0 and h["chance"] == 1 / 3
         assert h["ti_loss_init"] is not None and h["support_distance"] is not None
-        assert (h["nti_psnr_db"] is not None) == (h["generator"] == "tint")
+        assert (h["nti_psnr_db"] is not None) == (h["generator"] in ("tint", "lora-tint"))
+        assert "near_copies" in h
+        if h["generator"].startswith("lora"):  # the LoRA folder's figures, not TI's
+            assert h["ti_loss_init"] == lora["support_loss_init"][h["class_index"]]
     assert res["tint"]["health"] == health["generators"]["tint"]
     assert read_json(tmp_path / "ep" / "result.json")["health"] == health
 

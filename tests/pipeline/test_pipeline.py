@@ -37,6 +37,7 @@ def tiny_config(generator: str, methods=METHODS) -> PipelineConfig:
             "nti_inner_steps": 2,
             "ti_batch_size": 2,
         },
+        lora={"steps": 4, "batch_size": 2, "warmup_steps": 0, "rank": 4, "lr": 1e-3},
         synthetic_per_class=6,
         generation_batch_size=8,
         teacher="conv4",
@@ -70,7 +71,7 @@ def test_episode_runs_every_method_and_resumes(tiny_generator, fmnist, tmp_path)
         assert 0.0 <= r["accuracy"] <= 1.0, m
         assert r["queries"] == 12
     # Every stage left its files behind.
-    for g in ("ti", "dafusion", "tint"):
+    for g in ("ti", "dafusion", "tint", "lora", "lora-dafusion", "lora-tint"):
         assert len(list((tmp_path / "ep" / "synthetic" / g).glob("**/*.png"))) == 3 * 6
         assert (tmp_path / "ep" / "labels" / f"{g}.safetensors").is_file()
     for m in METHODS[1:]:
@@ -213,6 +214,36 @@ def test_fit_exports_a_working_onnx_model_and_resumes(tiny_generator, fmnist, tm
     capsys.readouterr()
     assert main(["predict", str(run / "model.onnx"), str(q)]) == 0
     assert "a.png" in capsys.readouterr().out
+
+
+def test_fit_with_the_lora_method(tiny_generator, fmnist, tmp_path, capsys):
+    """`fit --method lora --lora-steps N`: the LoRA folder in the run, its images, the health
+    record reading the LoRA folder's figures, and an ONNX model; config.json has the LoRA
+    settings (a tint run's does not)."""
+    from tinyshot.cli import main
+
+    support_ds, _, _ = fmnist
+    data = tmp_path / "data"
+    _write_imagefolder(data, support_ds, [0, 2], k=3)
+    cfg = tiny_config(tiny_generator, methods=("lora",)).to_dict()
+    cfg.pop("methods")
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    run = tmp_path / "run"
+    argv = ["fit", str(data), "--out", str(run), "--config", str(tmp_path / "cfg.json"),
+            "--method", "lora", "--lora-steps", "3"]  # fmt: skip
+    assert main(argv) == 0
+    assert (run / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    assert len(list((run / "synthetic" / "lora").glob("**/*.png"))) == 2 * 6
+    config = json.loads((run / "config.json").read_text())["config"]
+    assert config["methods"] == ["lora"] and config["lora"]["steps"] == 3
+    health = json.loads((run / "health.json").read_text())
+    assert set(health["generators"]) == {"lora"}
+    lora = json.loads((run / "lora" / "lora.json").read_text())["stats"]
+    assert [h["ti_loss_init"] for h in health["classes"]] == lora["support_loss_init"]
+    assert (run / "model.onnx").is_file() and "health:  lora synthetic images" in (
+        capsys.readouterr().out
+    )
+    assert "lora" not in tiny_config(tiny_generator, methods=("tint",)).to_dict()
 
 
 def test_fit_refuses_bad_input_with_clear_errors(tiny_generator, tmp_path, capsys):

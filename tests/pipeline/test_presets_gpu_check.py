@@ -69,6 +69,9 @@ def test_paper_preset_with_a_dinov2_teacher(tmp_path, monkeypatch):
 def test_paper_preset_sets_every_specialize_default():
     # Every specialization knob the demo sizes down has its paper value in the preset.
     assert set(PipelineConfig().specialize) - set(PRESETS["paper"]["specialize"]) == set()
+    # ... and every LoRA knob its DataDream value
+    assert set(PipelineConfig().lora) - set(PRESETS["paper"]["lora"]) == set()
+    assert PRESETS["paper"]["lora"]["lr"] == 1e-4 and PRESETS["paper"]["lora"]["rank"] == 16
 
 
 def test_demo_preset_is_todays_defaults():
@@ -90,11 +93,12 @@ def test_precedence_preset_then_file_then_flags():
 def test_benchmark_preset_goes_under_each_method():
     from tinyshot.pipeline.benchmark import DEFAULT_EPISODE_FN
     from tinyshot.pipeline.commands import apply_preset
-    from tinyshot.pipeline.config import METHODS
+    from tinyshot.pipeline.config import DEFAULT_METHODS
     from tinyshot.pipeline.task_config import pipeline_config_from_methods
 
     methods = apply_preset(None, "paper", DEFAULT_EPISODE_FN)
-    assert sorted(methods) == sorted(METHODS)
+    assert sorted(methods) == sorted(DEFAULT_METHODS)  # the LoRA methods only when named
+    assert not any(m.startswith("lora") for m in methods)
     cfg = pipeline_config_from_methods(methods)
     assert (cfg.synthetic_per_class, cfg.student, cfg.image_size) == (4000, "resnet12", 84)
     mine = apply_preset({"tint": {"synthetic_per_class": 10}}, "paper", DEFAULT_EPISODE_FN)

@@ -42,6 +42,9 @@ PAPER_TABLE6 = {
     "ti_step_s": 0.33 * 3600 / 5000,
     "nti_per_support_image_s": 0.05 * 3600 / 5,
 }
+# DataDream's LoRA budget (Kim et al., ECCV 2024): about 400 steps of 8 images per class.
+DATADREAM_STEPS_PER_CLASS = 400
+DATADREAM_BATCH = 8
 
 
 def synthetic_episode(
@@ -238,10 +241,13 @@ def run_generation_bench(
     workdir: Path | None = None,
     upscale: str = "bilinear",
     support_size: int | None = None,
+    lora_steps: int = 5,
 ) -> BenchResult:
     """batch_size None picks the largest that fits half the free GPU memory (choose_batch_size);
     images None generates two such batches. Support images are drawn at support_size (default
-    the model's resolution) and brought to it by `upscale` (not timed)."""
+    the model's resolution) and brought to it by `upscale` (not timed). lora_steps: LoRA
+    training steps timed (rank 16 on the UNet's attention, DataDream's batch of 8 images
+    spread over the classes; 0 skips the row)."""
     if batch_size is None:
         batch_size = choose_batch_size(model)
     if images is None:
@@ -268,6 +274,11 @@ def run_generation_bench(
         peaks["specialize"] = _peak_gb(model)
         ti_s = float(arts[0].meta["timing"]["ti_s"])
         nti_s = float(arts[0].meta["timing"]["inversion_s"])
+        lora = None
+        if lora_steps > 0:
+            _reset_peak(model)
+            lora = time_lora_step(model, imgs, names, cfg, lora_steps, root / "lora", seed)
+            peaks["lora"] = _peak_gb(model)
         n_support = classes * shots
         per_class = max(1, images // classes)
         _reset_peak(model)
@@ -337,6 +348,25 @@ def run_generation_bench(
             "paper_per_generated_image_s": p["nti_per_image_s"],
             "peak_gb": peaks.get("specialize"),
         },
+        *(
+            []
+            if lora is None
+            else [
+                {
+                    "step": f"LoRA training (rank 16, {lora['batch']} images)",
+                    "work": f"{lora_steps} steps",
+                    "total_s": lora["step_s"] * lora_steps,
+                    "per_unit_s": lora["step_s"],
+                    "paper_per_unit_s": None,
+                    # DataDream's budget per class, amortised over the paper's images per class
+                    "per_generated_image_s": lora["step_s"]
+                    * DATADREAM_STEPS_PER_CLASS
+                    / paper_images_per_class,
+                    "paper_per_generated_image_s": None,
+                    "peak_gb": peaks.get("lora"),
+                }
+            ]
+        ),
         {
             "step": f"Generate, batched (B={batch_size})",
             "work": f"{n_gen} images",
@@ -391,8 +421,44 @@ def run_generation_bench(
         "shots": shots,
         "ddim_steps": steps,
         "nti_inner_steps": nti_inner_steps,
+        "lora": lora,
     }
     return BenchResult(rows=rows, info=info)
+
+
+def time_lora_step(
+    model: DiffusionModel,
+    images: list[list[Image.Image]],
+    names: list[str],
+    cfg: SpecializeConfig,
+    steps: int,
+    root: Path,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Seconds per LoRA training step (rank 16, UNet attention, DATADREAM_BATCH images spread
+    over the classes, fp16/bf16 UNet with fp32 adapters on a GPU): the difference between a
+    run of steps + 2 and one of 2 steps, so injecting, saving and the first step's allocations
+    are not billed to the steps."""
+    from tinyshot.diffusion.lora import LoraTrainConfig, train_lora
+    from tinyshot.diffusion.specialize import prepare_support_latents
+
+    latents, _ = prepare_support_latents(model, images, cfg)
+    per = max(1, DATADREAM_BATCH // len(names))
+    times = []
+    for n in (2, 2 + steps):
+        lcfg = LoraTrainConfig(steps=n, warmup_steps=0, batch_size=per, seed=seed)
+        _sync(model)
+        t0 = time.perf_counter()
+        train_lora(model, latents, names, lcfg, root / f"run{n}", show_progress=False)
+        _sync(model)
+        times.append(time.perf_counter() - t0)
+    return {
+        "step_s": max(times[1] - times[0], 1e-9) / steps,
+        "steps": steps,
+        "batch": per * len(names),
+        "rank": LoraTrainConfig().rank,
+        "datadream_steps_per_class": DATADREAM_STEPS_PER_CLASS,
+    }
 
 
 def run_sd15_bench(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this stage's sub-commands to the `tinyshot` parser."""
-    from tinyshot.diffusion.config import SpecializeConfig
+    from tinyshot.diffusion.config import METHODS, SpecializeConfig
 
     d = SpecializeConfig()
     p = sub.add_parser(
@@ -40,15 +40,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     _device_args(p)
     p.set_defaults(func=_specialize)
 
+    _register_specialize_lora(sub)
     g = sub.add_parser(
         "generate",
-        help="synthetic images from specialization artifacts (TINT, plain TI, DA-Fusion)",
+        help="synthetic images from specialization artifacts (TINT, plain TI, DA-Fusion) or "
+        "from a LoRA-adapted generator (lora, lora-dafusion, lora-tint)",
         description="Writes OUT/images/<class>/<index>.png and OUT/manifest.jsonl; rerun the "
         "same command to resume an interrupted run (the result is identical).",
     )
-    g.add_argument("--artifacts", required=True, help="folder written by `tinyshot specialize`")
+    g.add_argument(
+        "--artifacts",
+        required=True,
+        help="folder written by `tinyshot specialize` (or by `specialize-lora` for lora*)",
+    )
     g.add_argument("--model", required=True, help="the model used for specialization")
-    g.add_argument("--method", choices=["tint", "ti", "dafusion", "name"], default="tint")
+    g.add_argument(
+        "--method",
+        choices=list(METHODS),
+        default="tint",
+        help="specialization x sampling (docs/generator.md): tint, ti, dafusion (TI); name "
+        "(none); lora, lora-dafusion, lora-tint (LoRA; lora-tint needs specialize-lora --invert)",
+    )
     g.add_argument("--per-class", type=int, required=True, help="images per class")
     g.add_argument("--out", required=True)
     g.add_argument("--alpha", type=float, default=1.0, help="TINT noise blend in [0,1] (default 1)")
@@ -58,6 +70,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--steps", type=int, default=None, help="default: the artifacts'")
     _device_args(g)
     g.set_defaults(func=_generate)
+
+
+def _register_specialize_lora(sub: argparse._SubParsersAction) -> None:
+    from tinyshot.diffusion.lora import LoraTrainConfig
+
+    d = LoraTrainConfig()
+    p = sub.add_parser(
+        "specialize-lora",
+        help="LoRA fine-tuning of a diffusion model on a class-per-folder set (DataDream)",
+        description="LoRA on the UNet's attention (and optionally the text encoder's) with one "
+        "learned token per class (or the class names), all classes jointly; writes "
+        "OUT/pytorch_lora_weights.safetensors (diffusers' format: "
+        "StableDiffusionPipeline.load_lora_weights(OUT) loads it) and the tokens. --invert adds "
+        "DDIM + null-text inversion of every image through the adapted model (for lora-tint). "
+        "Kill it any time; rerunning the same command resumes. See docs/generator.md.",
+    )
+    p.add_argument("data_dir", help="folder with one sub-folder of images per class")
+    p.add_argument("--model", required=True, help="diffusers model folder or hub id")
+    p.add_argument("--out", required=True, help="LoRA folder")
+    p.add_argument("--config", default=None, help="JSON file with LoraTrainConfig fields")
+    p.add_argument("--sampling-config", default=None,
+                   help="JSON file with SpecializeConfig fields: DDIM steps, guidance and the "
+                   "inversion settings (default: the paper's)")  # fmt: skip
+    p.add_argument("--steps", type=int, default=None, help=f"training steps (default {d.steps})")
+    p.add_argument("--lr", type=float, default=None, help=f"learning rate (default {d.lr})")
+    p.add_argument("--rank", type=int, default=None, help=f"LoRA rank (default {d.rank})")
+    p.add_argument("--text-encoder", action="store_true", default=None,
+                   help="LoRA on the text encoder's attention too")  # fmt: skip
+    p.add_argument("--prompt", choices=["token", "name"], default=None,
+                   help="a learned token per class (default) or the class (folder) name")  # fmt: skip
+    p.add_argument("--invert", action="store_true", help="null-text inversion (lora-tint)")
+    p.add_argument("--seed", type=int, default=None)
+    _device_args(p)
+    p.set_defaults(func=_specialize_lora)
 
 
 def register_bench(bench_sub: argparse._SubParsersAction) -> None:
@@ -84,6 +130,8 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ti-steps", type=int, default=20)
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (20; sd15: 50)")
     p.add_argument("--nti-inner-steps", type=int, default=10)
+    p.add_argument("--lora-steps", type=int, default=5,
+                   help="LoRA training steps timed (rank 16, batch 8; 0 = none)")  # fmt: skip
     p.add_argument("--images", type=int, default=None,
                    help="images generated batched (64; sd15: two batches)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=None,
@@ -107,15 +155,22 @@ def _device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, help="fp32, fp16, bf16 (default: fp16 on GPU)")
 
 
+def config_from(cls, path: str | None, flags: dict):
+    """cls (a config dataclass) from a JSON file's fields, with the flags given on top."""
+    from tinyshot.utils.io import read_json
+
+    base = read_json(path) if path else {}
+    base.update({k: v for k, v in flags.items() if v is not None})
+    return cls.from_dict(base).validate()
+
+
 def _specialize(args: argparse.Namespace) -> int:
     from tinyshot.diffusion.config import SpecializeConfig
     from tinyshot.diffusion.model import load_diffusion_model
     from tinyshot.diffusion.specialize import specialize
-    from tinyshot.utils.io import read_json
     from tinyshot.utils.logging import setup_logging
 
-    base = read_json(args.config) if args.config else {}
-    overrides = {
+    flags = {
         "ti_steps": args.ti_steps,
         "ti_lr": args.ti_lr,
         "num_inference_steps": args.steps,
@@ -126,8 +181,7 @@ def _specialize(args: argparse.Namespace) -> int:
         "upscale": args.upscale,
         "seed": args.seed,
     }
-    base.update({k: v for k, v in overrides.items() if v is not None})
-    cfg = SpecializeConfig.from_dict(base).validate()
+    cfg = config_from(SpecializeConfig, args.config, flags)
     images, names = read_class_folders(args.data_dir)
     setup_logging(args.out)
     model = load_diffusion_model(args.model, args.device, args.dtype)
@@ -142,6 +196,36 @@ def _specialize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _specialize_lora(args: argparse.Namespace) -> int:
+    from tinyshot.diffusion.config import SpecializeConfig
+    from tinyshot.diffusion.lora import LoraTrainConfig, specialize_lora
+    from tinyshot.diffusion.model import load_diffusion_model
+    from tinyshot.utils.logging import setup_logging
+
+    flags = {
+        "steps": args.steps,
+        "lr": args.lr,
+        "rank": args.rank,
+        "text_encoder": args.text_encoder,
+        "prompt": args.prompt,
+        "seed": args.seed,
+    }
+    cfg = config_from(LoraTrainConfig, args.config, flags)
+    sampling = config_from(SpecializeConfig, args.sampling_config, {})
+    images, names = read_class_folders(args.data_dir)
+    setup_logging(args.out)
+    model = load_diffusion_model(args.model, args.device, args.dtype)
+    res = specialize_lora(model, images, names, cfg, args.out, sampling, invert=args.invert)
+    s = res.meta["stats"]
+    for c, name in enumerate(res.class_names):
+        print(
+            f"{c} {name}: prompt {res.prompts[c]!r}, support loss "
+            f"{s['support_loss_init'][c]:.4f} -> {s['support_loss_final'][c]:.4f}"
+        )
+    print(f"LoRA: {args.out} ({res.meta['parameters']:,} parameters)")
+    return 0
+
+
 def read_class_folders(data_dir: str | Path) -> tuple[list[list], list[str]]:
     """Images grouped by class from a class-per-folder tree (all images of each class)."""
     from tinyshot.data.imagefolder import load_imagefolder
@@ -153,28 +237,29 @@ def read_class_folders(data_dir: str | Path) -> tuple[list[list], list[str]]:
 
 def _generate(args: argparse.Namespace) -> int:
     from tinyshot.diffusion.artifacts import load_artifacts
-    from tinyshot.diffusion.generate import generate
+    from tinyshot.diffusion.generate import LORA_METHODS, generate
+    from tinyshot.diffusion.lora import LoraSpecialization
     from tinyshot.diffusion.model import load_diffusion_model
     from tinyshot.errors import ConfigError
     from tinyshot.utils.logging import setup_logging
 
     if not 0.0 <= args.alpha <= 1.0:
         raise ConfigError(f"--alpha must be in [0, 1], got {args.alpha}")
-    arts = load_artifacts(args.artifacts)
-    setup_logging(args.out)
-    model = load_diffusion_model(args.model, args.device, args.dtype)
-    store = generate(
-        model,
-        arts,
-        args.method,
-        args.per_class,
-        args.out,
+    kw = dict(
         alpha=args.alpha,
         batch_size=args.batch_size,
         seed=args.seed,
         guidance=args.guidance,
         steps=args.steps,
     )
+    # a wrong folder fails before the model loads
+    if args.method in LORA_METHODS:
+        arts = LoraSpecialization.load(args.artifacts)
+    else:
+        arts = load_artifacts(args.artifacts)
+    setup_logging(args.out)
+    model = load_diffusion_model(args.model, args.device, args.dtype)
+    store = generate(model, arts, args.method, args.per_class, args.out, **kw)
     print(f"{len(store)} images in {args.out} (manifest.jsonl)")
     return 0
 
@@ -209,6 +294,7 @@ def _bench(args: argparse.Namespace) -> int:
         images=args.images,
         batch_size=args.batch_size,
         reference_images=args.reference_images,
+        lora_steps=args.lora_steps,
     )
     if args.json_out:
         from tinyshot.utils.io import write_json
@@ -250,6 +336,7 @@ def _bench_sd15(args: argparse.Namespace) -> int:
         reference_images=args.reference_images or 2,
         upscale=args.upscale,
         support_size=84,
+        lora_steps=args.lora_steps,
     )
     if args.json_out:
         write_json(args.json_out, out)

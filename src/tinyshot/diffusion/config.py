@@ -17,6 +17,23 @@ SPACINGS = ("leading", "trailing", "linspace")
 # fidelity record is measured there. PipelineConfig and `tinyshot fidelity` both read it.
 DEMO_DDIM_STEPS = 6
 
+# method -> (specialization, sampling). Specialization: none, "ti" (textual inversion,
+# diffusion.specialize) or "lora" (diffusion.lora). Sampling: "noise" (fresh noise, the class
+# prompt, the empty-prompt null), "img2img" (a support latent noised to a random strength and
+# denoised: DA-Fusion) or "tint" (a support's inverted z_T blended with noise, its per-timestep
+# null embeddings: Eq. 3-4).
+METHOD_PARTS = {
+    "tint": ("ti", "tint"),
+    "ti": ("ti", "noise"),
+    "dafusion": ("ti", "img2img"),
+    "name": ("none", "noise"),
+    "lora": ("lora", "noise"),
+    "lora-dafusion": ("lora", "img2img"),
+    "lora-tint": ("lora", "tint"),
+}
+METHODS = tuple(METHOD_PARTS)
+LORA_METHODS = tuple(m for m, (spec, _) in METHOD_PARTS.items() if spec == "lora")
+
 
 @dataclass
 class SpecializeConfig:

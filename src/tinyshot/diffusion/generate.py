@@ -1,4 +1,6 @@
-"""Synthetic images from specialization artifacts: TINT and two baselines, batched.
+"""Synthetic images from a specialized generator, batched: every method is a specialization
+(none, textual inversion, LoRA) times a way of sampling (fresh noise, img2img, TINT's blend);
+docs/generator.md has the table and the paper behind each cell.
 
 - "tint": pick a support image k at random, blend its z_T with noise (Eq. 3-4), sample with
   the class token as condition and image k's per-timestep null embeddings.
@@ -7,6 +9,10 @@
   with the class token (img2img).
 - "name": the skeptic's baseline, no TI/NTI: pure noise, the prompt "a photo of a {class name}"
   (the model's own training caption for a class it was trained on), the empty-prompt null.
+- "lora", "lora-dafusion", "lora-tint": the same three samplers on the LoRA-adapted model
+  (diffusion.lora: fresh noise = DataDream; TINT with null embeddings inverted through the
+  adapted UNet), conditioned on the LoRA's class token (or class name); `generate` with a
+  LoRA folder in place of the artifacts.
 
 Each image's support pick and noise come from derive_seed(seed, class, index) alone, so the
 set does not depend on batching order, and a resumed run reproduces an uninterrupted one.
@@ -18,31 +24,35 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from tinyshot.data.transforms import tensor_to_uint8
 from tinyshot.diffusion.artifacts import ClassArtifact
+from tinyshot.diffusion.config import LORA_METHODS, METHOD_PARTS, METHODS
 from tinyshot.diffusion.ddim import DDIMSchedule, ddim_sample, make_schedule
-from tinyshot.diffusion.model import DiffusionModel
+from tinyshot.diffusion.model import NAME_TEMPLATE, DiffusionModel, name_prompt  # noqa: F401
 from tinyshot.diffusion.store import ImageStore
 from tinyshot.diffusion.textual_inversion import encode_token_prompts
 from tinyshot.errors import ConfigError, ModelError
 from tinyshot.utils.logging import get_logger, progress
 from tinyshot.utils.seed import derive_seed, torch_generator
 
+if TYPE_CHECKING:
+    from tinyshot.diffusion.lora import LoraSpecialization
+
 log = get_logger("diffusion.generate")
 
-METHODS = ("tint", "ti", "dafusion", "name")
-# What each method reads from specialization, so checks on TI / NTI apply only where they matter.
-USES_TOKEN = frozenset({"tint", "ti", "dafusion"})
-USES_NTI = frozenset({"tint"})
-NAME_TEMPLATE = "a photo of a {}"
+# What each method reads from specialization, so checks on it apply only where they matter:
+# a learned specialization (TI's token, or the LoRA and its token) whose support loss is
+# recorded, and null-text inversion.
+USES_TOKEN = frozenset(m for m, (spec, _) in METHOD_PARTS.items() if spec != "none")
+USES_NTI = frozenset(m for m, (_, sampling) in METHOD_PARTS.items() if sampling == "tint")
 DAFUSION_STRENGTHS = (0.25, 0.5, 0.75, 1.0)
 
 
@@ -94,6 +104,56 @@ class _Context:
     num_support: list[int]
     latent_shape: tuple[int, ...]
 
+    @property
+    def sampling(self) -> str:
+        return METHOD_PARTS[self.method][1]
+
+
+def _make_context(
+    model: DiffusionModel,
+    method: str,
+    cond: torch.Tensor,
+    supports: Sequence[torch.Tensor],
+    steps: int,
+    spacing: str,
+    guidance: float,
+    alpha: float = 1.0,
+    strengths: tuple[float, ...] = (),
+    inverted: Sequence[ClassArtifact] | None = None,
+) -> _Context:
+    """cond (N,77,D) per class; supports: each class's support latents (img2img starts from
+    them; their count is what a support pick draws from); inverted: the classes' artifacts,
+    whose z_T and null embeddings TINT samples from."""
+    dev = model.device
+    offsets, off = [], 0
+    for z in supports:
+        offsets.append(off)
+        off += len(z)
+    null_bank = None
+    z_T = supports
+    if METHOD_PARTS[method][1] == "tint":
+        assert inverted is not None
+        depth = {a.null_embeddings.shape[1] for a in inverted}
+        if len(depth) != 1:
+            raise ModelError("artifacts mix NTI and negative-prompt inversion; specialize again")
+        null_bank = torch.cat([a.null_embeddings for a in inverted]).to(dev, model.dtype)
+        z_T = [a.z_T for a in inverted]
+    return _Context(
+        method=method,
+        schedule=make_schedule(model, steps, spacing),
+        guidance=float(guidance),
+        alpha=alpha,
+        strengths=strengths or DAFUSION_STRENGTHS,
+        cond=cond,
+        empty=model.empty_embedding(),
+        null_bank=null_bank,
+        zT_bank=torch.cat(list(z_T)).to(dev, torch.float32),
+        z0_bank=torch.cat(list(supports)).to(dev, torch.float32),
+        offsets=offsets,
+        num_support=[len(z) for z in supports],
+        latent_shape=tuple(supports[0].shape[1:]),
+    )
+
 
 def _build_context(
     model: DiffusionModel,
@@ -105,7 +165,7 @@ def _build_context(
     alpha: float,
     strengths: tuple[float, ...],
 ) -> _Context:
-    dev = model.device
+    """The context of a TI-specialized method: the class tokens from the artifacts."""
     with torch.no_grad():
         cond = torch.cat(
             [
@@ -113,31 +173,10 @@ def _build_context(
                 for a in artifacts
             ]
         )
-    offsets, off = [], 0
-    for a in artifacts:
-        offsets.append(off)
-        off += a.num_support
-    null_bank = None
-    if method == "tint":
-        depth = {a.null_embeddings.shape[1] for a in artifacts}
-        if len(depth) != 1:
-            raise ModelError("artifacts mix NTI and negative-prompt inversion; specialize again")
-        null_bank = torch.cat([a.null_embeddings for a in artifacts]).to(dev, model.dtype)
-    return _Context(
-        method=method,
-        schedule=make_schedule(model, steps, spacing),
-        guidance=guidance,
-        alpha=alpha,
-        strengths=strengths,
-        cond=cond,
-        empty=model.empty_embedding(),
-        null_bank=null_bank,
-        zT_bank=torch.cat([a.z_T for a in artifacts]).to(dev, torch.float32),
-        z0_bank=torch.cat([a.support_latents for a in artifacts]).to(dev, torch.float32),
-        offsets=offsets,
-        num_support=[a.num_support for a in artifacts],
-        latent_shape=tuple(artifacts[0].z_T.shape[1:]),
-    )
+    return _make_context(
+        model, method, cond, [a.support_latents for a in artifacts], steps, spacing,
+        guidance, alpha, strengths, artifacts,
+    )  # fmt: skip
 
 
 def item_draws(
@@ -172,10 +211,10 @@ def _run_batch(
         rows.append(ctx.offsets[c] + k)
         noises.append(noise)
         rec: dict[str, Any] = {"class_index": c, "index": j, "seed": s, "method": ctx.method}
-        if ctx.method == "tint":
+        if ctx.sampling == "tint":
             rec.update(support_index=k, alpha=ctx.alpha)
             starts.append(0)
-        elif ctx.method in ("ti", "name"):
+        elif ctx.sampling == "noise":
             rec.update(support_index=None, alpha=None)
             starts.append(0)
         else:
@@ -188,7 +227,7 @@ def _run_batch(
     row_t = torch.tensor(rows, device=dev)
     start_t = torch.tensor(starts, dtype=torch.long)
     cond = ctx.cond[torch.tensor(classes, device=dev)]
-    if ctx.method == "tint":
+    if ctx.sampling == "tint":
         z = blend_noise(ctx.zT_bank[row_t], noise, ctx.alpha)
         bank = ctx.null_bank
         assert bank is not None
@@ -197,7 +236,7 @@ def _run_batch(
             return bank[row_t[r.to(dev)], i if bank.shape[1] > 1 else 0]
 
     else:
-        if ctx.method in ("ti", "name"):
+        if ctx.sampling == "noise":
             z = noise
         else:
             a = sched.alpha[start_t].to(dev).reshape(-1, 1, 1, 1)
@@ -235,9 +274,46 @@ def warn_untested_steps(model: DiffusionModel, steps: int) -> str | None:
     return msg
 
 
+def _check_request(
+    method: str, alpha: float, n_per_class: int, batch_size: int, strengths: Sequence[float]
+) -> tuple[float, ...]:
+    """The checks every generate call makes; returns the DA-Fusion strengths as a tuple."""
+    if method not in METHODS:
+        raise ConfigError(f"method must be one of {METHODS}, got {method!r}")
+    if not (0.0 <= float(alpha) <= 1.0):
+        raise ConfigError(f"alpha must be in [0, 1], got {alpha}")
+    if n_per_class < 1:
+        raise ConfigError(f"n_per_class must be >= 1, got {n_per_class}")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    out = tuple(float(s) for s in strengths)
+    if not out or any(not (0.0 < s <= 1.0) for s in out):
+        raise ConfigError(f"DA-Fusion strengths must be in (0, 1], got {out}")
+    return out
+
+
+def _check_tint_settings(steps: int, guidance: float, a0: ClassArtifact) -> None:
+    """TINT samples with the DDIM steps and guidance its null embeddings were fitted for."""
+    if steps != a0.num_inference_steps:
+        raise ConfigError(
+            f"TINT must use the {a0.num_inference_steps} DDIM steps of its null embeddings, "
+            f"not {steps}"
+        )
+    if guidance != a0.guidance:
+        raise ConfigError(
+            f"TINT must use guidance {a0.guidance} (the null embeddings were fitted for it), "
+            f"not {guidance}"
+        )
+
+
+def _check_timesteps(ctx: _Context, a0: ClassArtifact) -> None:
+    if not torch.equal(ctx.schedule.timesteps.cpu(), a0.timesteps.cpu()):
+        raise ModelError("this model's scheduler gives other timesteps than the artifacts'")
+
+
 def generate(
     model: DiffusionModel,
-    artifacts: Sequence[ClassArtifact],
+    artifacts: Sequence[ClassArtifact] | str | Path | LoraSpecialization,
     method: str = "tint",
     n_per_class: int = 100,
     out_dir: str | Path = "synthetic",
@@ -252,23 +328,34 @@ def generate(
 ) -> ImageStore:
     """Generate n_per_class images per class into out_dir (PNGs + manifest.jsonl); resumable.
 
+    artifacts: a TI specialization's class artifacts (specialize, load_artifacts); for the
+    lora* methods, a LoRA folder (diffusion.lora.specialize_lora) or its LoraSpecialization.
     guidance/steps default to the specialization's; TINT requires them (its null embeddings
     were optimized for that guidance and those timesteps). store_size: images larger than
     that side are kept shrunk to it (diffusion.store); None keeps the generated size.
     """
-    if method not in METHODS:
-        raise ConfigError(f"method must be one of {METHODS}, got {method!r}")
-    if not (0.0 <= float(alpha) <= 1.0):
-        raise ConfigError(f"alpha must be in [0, 1], got {alpha}")
-    if n_per_class < 1:
-        raise ConfigError(f"n_per_class must be >= 1, got {n_per_class}")
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    if not artifacts:
-        raise ConfigError("no class artifacts given")
-    strengths = tuple(float(s) for s in strengths)
-    if not strengths or any(not (0.0 < s <= 1.0) for s in strengths):
-        raise ConfigError(f"DA-Fusion strengths must be in (0, 1], got {strengths}")
+    strengths = _check_request(method, alpha, n_per_class, batch_size, strengths)
+
+    def fill(ctx: _Context, class_names: list[str], settings: dict[str, Any]) -> ImageStore:
+        """The store of `settings` (what the specialization decides) plus the request's."""
+        settings = {
+            **settings,
+            "seed": seed,
+            "batch_size": batch_size,
+            "n_per_class": n_per_class,
+            "class_names": list(class_names),
+            "model_id": model.model_id,
+            "resolution": model.resolution,
+        }
+        return _fill_store(
+            model, ctx, class_names, settings, out_dir, n_per_class, batch_size, seed,
+            show_progress, store_size,
+        )  # fmt: skip
+
+    if method in LORA_METHODS:
+        return _sample_lora(model, artifacts, method, alpha, guidance, steps, strengths, fill)
+    if isinstance(artifacts, (str, Path)) or not artifacts:
+        raise ConfigError(f"{method}: needs the class artifacts of a TI specialization")
     a0 = artifacts[0]
     if method == "name":  # only the class names and the sampling settings are used
         return generate_from_names(
@@ -306,48 +393,22 @@ def generate(
     spacing = a0.timestep_spacing
     warn_untested_steps(model, steps)
     if method == "tint":
-        if steps != a0.num_inference_steps:
-            raise ConfigError(
-                f"TINT must use the {a0.num_inference_steps} DDIM steps of its null embeddings, "
-                f"not {steps}"
-            )
-        if guidance != a0.guidance:
-            raise ConfigError(
-                f"TINT must use guidance {a0.guidance} (the null embeddings were fitted for it), "
-                f"not {guidance}"
-            )
+        _check_tint_settings(steps, guidance, a0)
     ctx = _build_context(
         model, artifacts, method, steps, spacing, guidance, float(alpha), strengths
     )
-    if method == "tint" and not torch.equal(ctx.schedule.timesteps.cpu(), a0.timesteps.cpu()):
-        raise ModelError("this model's scheduler gives other timesteps than the artifacts'")
+    if method == "tint":
+        _check_timesteps(ctx, a0)
     settings = {
         "method": method,
         "alpha": float(alpha) if method == "tint" else None,
         "strengths": list(strengths) if method == "dafusion" else None,
-        "seed": seed,
         "guidance": guidance,
         "steps": steps,
         "timestep_spacing": spacing,
-        "batch_size": batch_size,
-        "n_per_class": n_per_class,
-        "class_names": [a.class_name for a in artifacts],
-        "model_id": model.model_id,
         "artifacts_sha256": _artifacts_digest(artifacts),
-        "resolution": model.resolution,
     }
-    return _fill_store(
-        model,
-        ctx,
-        [a.class_name for a in artifacts],
-        settings,
-        out_dir,
-        n_per_class,
-        batch_size,
-        seed,
-        show_progress,
-        store_size,
-    )
+    return fill(ctx, [a.class_name for a in artifacts], settings)
 
 
 def _fill_store(
@@ -424,17 +485,6 @@ def _fill_store(
     return ImageStore(out_dir)
 
 
-def name_prompt(model: DiffusionModel, class_name: str) -> str:
-    """ "a photo of a {class name}": the model's own training caption when it was trained on the
-    class (tinyshot.json class_captions), else the name with underscores as spaces."""
-    if class_name in model.class_captions:
-        return model.class_captions[class_name]
-    words = " ".join(class_name.replace("_", " ").split())
-    if not words:
-        raise ConfigError(f"class name {class_name!r} has no words to put in a prompt")
-    return NAME_TEMPLATE.format(words)
-
-
 def generate_from_names(
     model: DiffusionModel,
     class_names: Sequence[str],
@@ -467,25 +517,10 @@ def generate_from_names(
     warn_untested_steps(model, steps)
     prompts = [name_prompt(model, c) for c in names]
     spacing = resolve_spacing(model, timestep_spacing)
-    n = len(names)
-    zeros = torch.zeros((n, *model.latent_shape), device=model.device)
+    zeros = torch.zeros((1, *model.latent_shape))
     with torch.no_grad():
         cond = model.encode_text(prompts)
-    ctx = _Context(
-        method="name",
-        schedule=make_schedule(model, steps, spacing),
-        guidance=float(guidance),
-        alpha=1.0,
-        strengths=DAFUSION_STRENGTHS,
-        cond=cond,
-        empty=model.empty_embedding(),
-        null_bank=None,
-        zT_bank=zeros,
-        z0_bank=zeros,
-        offsets=list(range(n)),
-        num_support=[1] * n,
-        latent_shape=tuple(model.latent_shape),
-    )
+    ctx = _make_context(model, "name", cond, [zeros] * len(names), steps, spacing, guidance)
     log.info("name prompts: %s", "; ".join(prompts))
     settings = {
         "method": "name",
@@ -506,6 +541,56 @@ def generate_from_names(
         model, ctx, names, settings, out_dir, n_per_class, batch_size, seed, show_progress,
         store_size,
     )  # fmt: skip
+
+
+def _sample_lora(
+    model: DiffusionModel,
+    lora_dir: str | Path | LoraSpecialization,
+    method: str,
+    alpha: float,
+    guidance: float | None,
+    steps: int | None,
+    strengths: tuple[float, ...],
+    fill: Callable[[_Context, list[str], dict[str, Any]], ImageStore],
+) -> ImageStore:
+    """The lora* methods: `lora` (fresh noise, the class prompt, the adapted model's
+    empty-prompt null: DataDream), `lora-dafusion` (img2img from the supports) or `lora-tint`
+    (TINT from the supports inverted through the adapted model; needs
+    specialize_lora(..., invert=True)), all sampled from the LoRA-adapted model. Image j of a
+    class uses the same noise as TI's and TINT's image j; guidance/steps default to the
+    sampling settings the folder was made with."""
+    from tinyshot.diffusion.lora import LoraSpecialization, lora_adapter
+
+    lora = (
+        lora_dir if isinstance(lora_dir, LoraSpecialization) else LoraSpecialization.load(lora_dir)
+    )
+    if lora.meta.get("model_id") not in (None, model.model_id):
+        log.warning("LoRA trained on %s, generating with %s", lora.meta["model_id"], model.model_id)
+    steps = steps or lora.num_inference_steps
+    guidance = float(lora.guidance if guidance is None else guidance)
+    warn_untested_steps(model, steps)
+    sampling = METHOD_PARTS[method][1]
+    inverted = lora.artifacts() if sampling == "tint" else None
+    if inverted is not None:
+        _check_tint_settings(steps, guidance, inverted[0])
+    settings = {
+        "method": method,
+        "alpha": float(alpha) if sampling == "tint" else None,
+        "strengths": list(strengths) if sampling == "img2img" else None,
+        "guidance": guidance,
+        "steps": steps,
+        "timestep_spacing": lora.timestep_spacing,
+        "prompts": lora.prompts,
+        "lora_sha256": lora.digest(),
+    }
+    with lora_adapter(model, lora):
+        ctx = _make_context(
+            model, method, lora.condition(model), lora.support_latents, steps,
+            lora.timestep_spacing, guidance, float(alpha), strengths, inverted,
+        )  # fmt: skip
+        if inverted is not None:
+            _check_timesteps(ctx, inverted[0])
+        return fill(ctx, lora.class_names, settings)
 
 
 @torch.inference_mode()

@@ -36,6 +36,7 @@ from tinyshot.utils.logging import get_logger, quiet_weight_loading
 log = get_logger("diffusion")
 
 DEFAULT_TEMPLATE = "a photo of an {}"
+NAME_TEMPLATE = "a photo of a {}"  # class-name prompts (the `name` baseline, LoRA by name)
 TINYSHOT_JSON = "tinyshot.json"
 SUPPORTED_PREDICTION = ("epsilon", "v_prediction", "sample")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -272,6 +273,17 @@ class DiffusionModel:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
         return folder
+
+
+def name_prompt(model: DiffusionModel, class_name: str) -> str:
+    """ "a photo of a {class name}": the model's own training caption when it was trained on the
+    class (tinyshot.json class_captions), else the name with underscores as spaces."""
+    if class_name in model.class_captions:
+        return model.class_captions[class_name]
+    words = " ".join(class_name.replace("_", " ").split())
+    if not words:
+        raise ConfigError(f"class name {class_name!r} has no words to put in a prompt")
+    return NAME_TEMPLATE.format(words)
 
 
 def make_ddim_scheduler(config: dict[str, Any], timestep_spacing: str | None = None):

@@ -91,6 +91,16 @@ def _fingerprint(
 ) -> dict[str, Any]:
     return {
         "config": {k: v for k, v in cfg.to_dict().items() if k not in NOT_FINGERPRINTED},
+        **inputs_fingerprint(model, class_names, counts, digest),
+    }
+
+
+def inputs_fingerprint(
+    model: DiffusionModel, class_names: list[str], counts: list[int], digest: str
+) -> dict[str, Any]:
+    """What a specialization folder was made from besides its settings: the classes, their
+    image counts and prepared images (digest), the model and its sampling rule."""
+    return {
         "class_names": list(class_names),
         "num_images": counts,
         "images_sha256": digest,
@@ -102,12 +112,20 @@ def _fingerprint(
     }
 
 
-def _claim(out_dir: Path, fp: dict[str, Any]) -> None:
-    path = out_dir / "specialize.json"
+def claim_folder(
+    out_dir: Path,
+    fp: dict[str, Any],
+    name: str = "specialize.json",
+    not_fingerprinted: tuple[str, ...] = NOT_FINGERPRINTED,
+) -> None:
+    """Write the fingerprint `fp` to out_dir/name, or refuse (ConfigError naming the fields
+    that differ) when the folder holds one of another run; `fp["config"]` keys listed in
+    not_fingerprinted are left out of the comparison."""
+    path = out_dir / name
     if path.is_file():
         old = read_json(path)
         if isinstance(old.get("config"), dict):
-            old["config"] = {k: v for k, v in old["config"].items() if k not in NOT_FINGERPRINTED}
+            old["config"] = {k: v for k, v in old["config"].items() if k not in not_fingerprinted}
         diff = sorted(k for k in fp if old.get(k) != fp[k])
         if diff:
             detail = diff
@@ -147,7 +165,9 @@ def specialize(
     n = len(class_names)
     t0 = time.perf_counter()
     latents, digest = prepare_support_latents(model, images_per_class, cfg)
-    _claim(out, _fingerprint(model, cfg, class_names, [len(x) for x in images_per_class], digest))
+    claim_folder(
+        out, _fingerprint(model, cfg, class_names, [len(x) for x in images_per_class], digest)
+    )
     if all(artifact_done(out, c) for c in range(n)):
         log.info("%s: all %d classes already specialized", out, n)
         _drop_chunks(out, n)
@@ -191,7 +211,7 @@ def specialize(
         cond = encode_token_prompts(model, template, tokens, vectors)
     spacing = resolve_spacing(model, cfg.timestep_spacing)
     schedule = make_schedule(model, cfg.num_inference_steps, spacing)
-    results = _invert_in_chunks(
+    results = invert_in_chunks(
         model, cfg, out, latents, cond, schedule, n, show_progress,
         lambda c, res, inv_s, chunk: ClassArtifact(
             class_index=c,
@@ -203,7 +223,7 @@ def specialize(
             null_embeddings=res.null_embeddings.float().cpu().clone(),
             support_latents=latents[c].float().cpu().clone(),
             timesteps=schedule.timesteps.clone(),
-            meta=_meta(
+            meta=artifact_meta(
                 model, cfg, spacing, c, before, after, res, torch.arange(len(res.z_T)),
                 timing, inv_s, chunk,
             ),
@@ -260,7 +280,7 @@ def _load_chunk(path: Path) -> tuple[InversionResult, float] | None:
     return res, seconds
 
 
-def _invert_in_chunks(
+def invert_in_chunks(
     model: DiffusionModel,
     cfg: SpecializeConfig,
     out: Path,
@@ -400,7 +420,7 @@ def _recon_gain(res: Any, rows: torch.Tensor) -> dict[str, Any]:
     }
 
 
-def _meta(
+def artifact_meta(
     model: DiffusionModel,
     cfg: SpecializeConfig,
     spacing: str,

@@ -8,10 +8,7 @@ not averaged, over classes: token n gets exactly the gradient of a separate run 
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import math
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,10 +16,16 @@ import torch
 
 from tinyshot.diffusion.config import SpecializeConfig
 from tinyshot.diffusion.model import DiffusionModel
+from tinyshot.diffusion.train_loop import (  # noqa: F401  (LOSS_READ_EVERY: re-exported)
+    LOSS_READ_EVERY,
+    StepPlan,
+    checkpoint_interval,
+    run_steps,
+)
 from tinyshot.errors import TrainingError
 from tinyshot.utils.device import to_device
 from tinyshot.utils.io import atomic_write
-from tinyshot.utils.logging import get_logger, progress
+from tinyshot.utils.logging import get_logger
 from tinyshot.utils.seed import derive_seed, torch_generator
 
 log = get_logger("diffusion.ti")
@@ -85,14 +88,22 @@ def diffusion_loss(
 def _draw(
     latents: list[torch.Tensor], per_class: int, cfg: SpecializeConfig, step: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Support picks, timesteps and noise of one step, from seeds of (seed, step, class) alone:
-    a resumed run draws what an uninterrupted one would, and a class draws the same whatever
-    the classes after it (joint training equals separate runs)."""
+    """Support picks, timesteps and noise of one TI step (draw_step with TI's seeds)."""
+    return draw_step(latents, per_class, (cfg.seed, "ti", step), cfg.t_min, cfg.t_max)
+
+
+def draw_step(
+    latents: list[torch.Tensor], per_class: int, key: tuple, t_min: int, t_max: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Support picks, timesteps in [t_min, t_max) and noise of one step, `per_class` of each
+    class, from seeds of (*key, class) alone: a resumed run draws what an uninterrupted one
+    would, and a class draws the same whatever the classes after it (joint training equals
+    separate runs)."""
     zs, ts, ns = [], [], []
     for c, z in enumerate(latents):
-        g = torch_generator(derive_seed(cfg.seed, "ti", step, c))
+        g = torch_generator(derive_seed(*key, c))
         pick = torch.randint(len(z), (per_class,), generator=g)
-        ts.append(torch.randint(cfg.t_min, cfg.t_max, (per_class,), generator=g))
+        ts.append(torch.randint(t_min, t_max, (per_class,), generator=g))
         ns.append(torch.randn((per_class, *z.shape[1:]), generator=g))
         zs.append(z[to_device(pick, z.device)])
     return torch.cat(zs), torch.cat(ts), torch.cat(ns)
@@ -190,13 +201,9 @@ def _optimizer(params: list[torch.Tensor], cfg: SpecializeConfig) -> torch.optim
     return torch.optim.Adam(params, lr=cfg.ti_lr)
 
 
-# TI reads its losses from the device every this many steps (and at log and checkpoint points).
-LOSS_READ_EVERY = 10
-
-
 def checkpoint_every_steps(cfg: SpecializeConfig) -> int:
     """TI checkpoint interval in steps: cfg.ti_checkpoint_every, or 10% of the run if 0."""
-    return cfg.ti_checkpoint_every or max(1, math.ceil(cfg.ti_steps / 10))
+    return checkpoint_interval(cfg.ti_steps, cfg.ti_checkpoint_every)
 
 
 def train_tokens(
@@ -237,71 +244,30 @@ def train_tokens(
         log.info("textual inversion: resuming at step %d/%d", start, cfg.ti_steps)
     prompt_ids = model.tokenize([template.format(t) for t in tokens])
     per = cfg.ti_batch_size
-    every = checkpoint_every_steps(cfg)
-    log_every = max(1, cfg.ti_steps // 10)
-    saved, saved_at = start, time.monotonic()
-    # Each step's loss stays on the device; they are read (and checked) every LOSS_READ_EVERY
-    # steps, at the log points, before a checkpoint and at the end, so a step never waits.
-    history = torch.zeros(cfg.ti_steps, device=model.device)
-    read = start  # losses of steps [start, read) have been read and were finite
-    recent: collections.deque[float] = collections.deque(maxlen=log_every)
-    bar = progress(
-        range(start, cfg.ti_steps),
-        desc="textual inversion",
-        total=cfg.ti_steps,
-        initial=start,
-        disable=None if show_progress is None else not show_progress,
-        logger=log,
+
+    def backward(step: int) -> torch.Tensor:
+        z0, t, noise = _draw(latents, per, cfg, step)
+        with injected_tokens(model, ids, vectors):
+            cond = model.text_encoder(prompt_ids)[0].float()
+        cond = cond.repeat_interleave(per, 0)
+        t, noise = to_device(t, model.device), to_device(noise, model.device)
+        losses = diffusion_loss(model, z0, cond, t, noise)
+        loss = losses.view(n, per).mean(1).sum()
+        scaler.backward(loss, opt)
+        return loss.detach()
+
+    plan = StepPlan(
+        "textual inversion",
+        cfg.ti_steps,
+        start,
+        checkpoint_every_steps(cfg),
+        cfg.ti_checkpoint_seconds,
+        loss_divisor=n,
     )
-
-    def read_losses(upto: int) -> None:
-        """Read the losses of steps [read, upto); a non-finite one ends the run."""
-        nonlocal read
-        if upto <= read:
-            return
-        values = history[read:upto].tolist()
-        for k, v in enumerate(values):
-            if not math.isfinite(v):
-                raise TrainingError(f"textual inversion diverged at step {read + k} (loss {v})")
-        recent.extend(v / n for v in values)
-        read = upto
-        bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
-
-    done = start  # steps whose update is fully applied to vectors and optimizer state
-    try:
-        for step in bar:
-            z0, t, noise = _draw(latents, per, cfg, step)
-            with injected_tokens(model, ids, vectors):
-                cond = model.text_encoder(prompt_ids)[0].float()
-            cond = cond.repeat_interleave(per, 0)
-            t, noise = to_device(t, model.device), to_device(noise, model.device)
-            losses = diffusion_loss(model, z0, cond, t, noise)
-            loss = losses.view(n, per).mean(1).sum()
-            history[step] = loss.detach()
-            scaler.backward(loss, opt)
-            done = -1  # an interrupt inside opt.step would leave a half-applied update
-            scaler.step(opt)
-            done = step + 1
-            due = done - saved >= every or time.monotonic() - saved_at >= cfg.ti_checkpoint_seconds
-            save = state_path is not None and due and done < cfg.ti_steps
-            if save or done % LOSS_READ_EVERY == 0 or done % log_every == 0:
-                read_losses(done)
-            if save:
-                _save_state(state_path, vectors, opt, done, scaler)
-                saved, saved_at = done, time.monotonic()
-            if done % log_every == 0:
-                log.debug("TI step %d/%d loss per class %.5f", done, cfg.ti_steps, recent[-1])
-    except KeyboardInterrupt:
-        if state_path is not None and done > saved and done < cfg.ti_steps:
-            try:
-                read_losses(done)
-            except TrainingError as e:
-                log.warning("textual inversion: interrupted, nothing kept: %s", e)
-                raise KeyboardInterrupt from None
-            _save_state(state_path, vectors, opt, done, scaler)
-            log.info("textual inversion: interrupted, step %d/%d kept", done, cfg.ti_steps)
-        raise
-    read_losses(cfg.ti_steps)
+    save = None
+    if state_path is not None:
+        save = lambda done: _save_state(state_path, vectors, opt, done, scaler)  # noqa: E731
+    run_steps(plan, backward, lambda _: scaler.step(opt), save, model.device, log, show_progress)
     if scaler.skipped:
         log.info("textual inversion: %d fp16 overflow step(s) skipped", scaler.skipped)
     return vectors.detach().clone()
@@ -331,7 +297,21 @@ def support_loss(
 ) -> torch.Tensor:
     """Mean diffusion loss per class at fixed timesteps and noise (for before/after checks)."""
     tokens = placeholder_tokens(len(latents))
-    cond = encode_token_prompts(model, template, tokens, vectors)
+    return conditioned_loss(
+        model, latents, encode_token_prompts(model, template, tokens, vectors), timesteps, seed
+    )
+
+
+@torch.no_grad()
+def conditioned_loss(
+    model: DiffusionModel,
+    latents: list[torch.Tensor],
+    cond: torch.Tensor,
+    timesteps: list[int],
+    seed: int = 0,
+) -> torch.Tensor:
+    """Mean diffusion loss per class c under the condition cond[c] (N,77,D), at fixed
+    timesteps and noise drawn from (seed, class): the same draws before and after training."""
     out = []
     for c, z in enumerate(latents):
         g = torch_generator(derive_seed(seed, "ti-eval", c))

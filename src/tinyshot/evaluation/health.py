@@ -16,6 +16,9 @@ them into warnings with thresholds, and estimates accuracy on real images from t
   support image to its nearest other support of the class (the spread of the real class),
   so their ratio says how far off the class the synthetic images are in units of the class's
   own spread;
+* memorisation: the share of a class's synthetic images that are near-copies of one of its
+  supports (nearest-support distance far below the class's spread); copies pass the agreement
+  check by construction, so this one warns on its own;
 * real-image estimate: the teacher by leave-one-out ProtoNet over the supports (free: one
   feature pass over the supports), and, when supports were held out of every training stage
   (`fit --holdout`), teacher and student on those held-out images.
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from tinyshot.diffusion.config import LORA_METHODS, METHOD_PARTS
 from tinyshot.diffusion.generate import USES_NTI, USES_TOKEN
 from tinyshot.errors import TinyshotError
 from tinyshot.utils.logging import get_logger
@@ -70,6 +74,20 @@ NTI_MIN_LATENT_PSNR_DB = 15.0
 # DISTANCE_RATIO_WARN the synthetic images lie farther from the class's supports than the
 # supports lie from each other by this factor: off the class's distribution.
 DISTANCE_RATIO_WARN = 3.0
+# Memorisation. An image is a near-copy of a support when its nearest-support distance is below
+# MEMORISATION_RATIO x the class's spread. The spread is how far the closest other real image of
+# the class typically lies from a support (mean leave-one-out nearest-neighbour distance), so
+# an image four times closer to a support than that is closer to it than the class's own
+# images are to each other: a re-drawing of that support, not a new sample of the class (an
+# exact copy, or alpha = 0 TINT's reconstruction, sits near 0). A class WARNS when more than
+# MEMORISATION_SHARE of its images are near-copies: then most of what the student gets from
+# the generator is the supports again. It warns whatever the agreement (a copy of a support
+# is labelled as its class, so agreement passes), and never fails (the images are of the
+# class; they add nothing). Needs two supports per class with a spread above 0. Checked on a
+# concept-unknown episode (docs/results.md, "LoRA"): 50 other real images per class lie at
+# 0.80-1.01x the spread on average and the closest at 0.33-0.61x, the supports fed back at 0.
+MEMORISATION_RATIO = 0.25
+MEMORISATION_SHARE = 0.5
 # Teacher features for the distance are computed on at most this many images per class and
 # generator (the first ones in generation order): the figure is a mean, a few hundred
 # images fix it to ~1%, and a DINO pass over 4000 images per class would cost minutes.
@@ -87,21 +105,46 @@ MAX_BANNER_WARNINGS = 15  # the rest are in health.json / results.json
 OFFLINE_DRAWS = "the shipped offline generators draw only Fashion-MNIST clothing or glyphs"
 
 
-def remedy(fit: bool = False, has_base: bool = True) -> str:
+def remedy(fit: bool = False, has_base: bool = True, method: str | None = None) -> str:
     """What to do when a generator does not draw a class, in options that run where it is said.
 
     `fit` names fit's options (--method support+base fails without --base, so a fit without one
-    is offered support-only first); elsewhere (demo, benchmark) the method names."""
+    is offered support-only first); elsewhere (demo, benchmark) the method names. The LoRA
+    method, which adapts the generator itself to the supports (DataDream), comes first unless
+    `method` is a LoRA method already: then training it longer is offered."""
+    lora_now = method in LORA_METHODS
     generator = f"a generator that can draw the class ({OFFLINE_DRAWS})"
     if not fit:
-        return f"use {generator}, or compare with the support+base method, which needs none"
+        adapt = (
+            "train the LoRA longer (lora steps)"
+            if lora_now
+            else "adapt the generator to the class with the lora method (LoRA on the supports)"
+        )
+        return (
+            f"{adapt}, use {generator}, or compare with the support+base method, which needs none"
+        )
+    adapt = (
+        "more --lora-steps"
+        if lora_now
+        else "--method lora (LoRA adapts the generator to your images)"
+    )
     generator = f"--generator with a Stable Diffusion 1.5 folder or hub id ({OFFLINE_DRAWS})"
     if has_base:
-        return f"pass {generator}, or --method support+base, which needs no generator"
+        return f"pass {adapt}, {generator}, or --method support+base, which needs no generator"
     return (
-        f"pass {generator}, or --method support-only, or --method support+base --base DIR "
-        "(labelled images of other classes, one folder per class)"
+        f"pass {adapt}, {generator}, or --method support-only, or --method support+base --base "
+        "DIR (labelled images of other classes, one folder per class)"
     )
+
+
+def memorisation_remedy(method: str) -> str:
+    """What makes a generator's images less like copies of the supports."""
+    _, sampling = METHOD_PARTS.get(method, ("", ""))
+    if method in LORA_METHODS:
+        return "train the LoRA less (fewer lora steps or a lower lr)"
+    if sampling == "tint":
+        return "raise alpha toward 1 (alpha = 0 reproduces the supports)"
+    return "use fewer of these images or another generator"
 
 
 ADVICE = remedy()
@@ -171,6 +214,7 @@ class ClassHealth:
     nti_psnr_space: str | None = None  # "image" (recorded by specialize) or "latent" (fallback)
     support_distance: float | None = None  # mean cosine distance to nearest class support
     support_spread: float | None = None  # same among the class's supports (leave-one-out)
+    near_copies: float | None = None  # share of images closer to a support than 0.25 x spread
     status: str = "ok"  # ok | warn | fail
     problems: list[str] = field(default_factory=list)  # warnings (agreement fails or warns)
     information: list[str] = field(default_factory=list)  # unusual figures, agreement passes
@@ -292,6 +336,12 @@ def specialization_figures(spec_dir: str | Path) -> dict[int, dict[str, Any]]:
             "nti_psnr_db": None if psnr is None else psnr[0],
             "nti_psnr_space": None if psnr is None else psnr[1],
         }
+    if (d / "lora.json").is_file():  # a LoRA folder: its support loss before/after training
+        stats = read_json(d / "lora.json").get("stats") or {}
+        pairs = zip(stats.get("support_loss_init", []), stats.get("support_loss_final", []))
+        for c, (init, final) in enumerate(pairs):
+            row = out.setdefault(c, {"nti_psnr_db": None, "nti_psnr_space": None})
+            row.update(ti_loss_init=init, ti_loss_final=final)
     return out
 
 
@@ -308,25 +358,21 @@ def teacher_features(
     return F.normalize(feats, dim=-1)
 
 
-def support_distances(
+def nearest_support_distances(
     synth_feats: torch.Tensor,
     synth_labels: torch.Tensor,
     support_feats: torch.Tensor,
     support_labels: torch.Tensor,
     ways: int,
-) -> list[tuple[float | None, float | None]]:
-    """Per class: (mean cosine distance synthetic -> nearest class support, support spread).
-
-    The spread is the mean leave-one-out nearest-neighbour distance among the class's supports
-    (None with one support image).
-    """
+) -> list[tuple[torch.Tensor, float | None]]:
+    """Per class: (each synthetic image's cosine distance to its nearest support of the class,
+    support spread). The spread is the mean leave-one-out nearest-neighbour distance among the
+    class's supports (None with one support image)."""
     out = []
     for c in range(ways):
         s = support_feats[support_labels == c]
         g = synth_feats[synth_labels == c]
-        dist = None
-        if len(g) and len(s):
-            dist = float((1 - g @ s.t()).min(1).values.mean())
+        dist = (1 - g @ s.t()).min(1).values if len(g) and len(s) else torch.empty(0)
         spread = None
         if len(s) >= 2:
             d = 1 - s @ s.t()
@@ -336,12 +382,38 @@ def support_distances(
     return out
 
 
+def support_distances(
+    synth_feats: torch.Tensor,
+    synth_labels: torch.Tensor,
+    support_feats: torch.Tensor,
+    support_labels: torch.Tensor,
+    ways: int,
+) -> list[tuple[float | None, float | None]]:
+    """Per class: (mean cosine distance synthetic -> nearest class support, support spread)."""
+    return [
+        (float(d.mean()) if len(d) else None, spread)
+        for d, spread in nearest_support_distances(
+            synth_feats, synth_labels, support_feats, support_labels, ways
+        )
+    ]
+
+
+def near_copy_share(dist: torch.Tensor, spread: float | None) -> float | None:
+    """Share of images whose nearest-support distance is below MEMORISATION_RATIO x spread
+    (None without a spread above 0, or without images)."""
+    if not spread or spread <= 0 or not len(dist):
+        return None
+    return float((dist < MEMORISATION_RATIO * spread).double().mean())
+
+
 def judge(h: ClassHealth, advice: str = ADVICE) -> ClassHealth:
     """Set status, problems and information (one sentence each: class, figure, threshold).
 
     Teacher agreement decides: the TI-loss, NTI and distance figures explain a class whose
     images fail or warn on agreement, and are information only when its images pass it (TI's
-    loss barely drops on classes whose images the teacher labels 86-95% right)."""
+    loss barely drops on classes whose images the teacher labels 86-95% right). Memorisation
+    is the exception: near-copies of the supports pass agreement by construction, so a class
+    whose images are mostly copies warns whatever its agreement (never fails)."""
     who = f"class {h.class_name!r}, generator {h.generator}"
     h.problems, h.information = [], []
     status = "ok"
@@ -359,13 +431,25 @@ def judge(h: ClassHealth, advice: str = ADVICE) -> ClassHealth:
             f"images as {h.class_name!r} (chance {100 * h.chance:.1f}%, warning below "
             f"{100 * AGREEMENT_WARN:.0f}%): most images teach another class; {advice}"
         )
+    copies = h.near_copies
+    if copies is not None and copies > MEMORISATION_SHARE:
+        status = "warn" if status == "ok" else status
+        h.problems.append(
+            f"{who}: {100 * copies:.0f}% of its images are near-copies of a support image "
+            f"(nearest support closer than {MEMORISATION_RATIO:g}x the supports' own spread, "
+            f"teacher features; warning above {100 * MEMORISATION_SHARE:.0f}%): the generator "
+            "reproduces the supports instead of drawing new images, and they teach the student "
+            f"little beyond them; {memorisation_remedy(h.generator)}"
+        )
     figures = []
     drop = h.ti_relative_drop
     if drop is not None and drop < TI_MIN_RELATIVE_DROP:
+        lora = h.generator in LORA_METHODS
         figures.append(
-            f"textual inversion support loss {h.ti_loss_init:.5f} -> {h.ti_loss_final:.5f} "
-            f"({-100 * drop:+.1f}%, usual: a drop of {100 * TI_MIN_RELATIVE_DROP:.0f}% or more): "
-            "the class token moved the model's prediction little"
+            f"{'LoRA' if lora else 'textual inversion'} support loss {h.ti_loss_init:.5f} -> "
+            f"{h.ti_loss_final:.5f} ({-100 * drop:+.1f}%, usual: a drop of "
+            f"{100 * TI_MIN_RELATIVE_DROP:.0f}% or more): the "
+            f"{'adapted model' if lora else 'class token'} moved the model's prediction little"
         )
     if h.nti_psnr_db is not None:
         bar = NTI_MIN_PSNR_DB if h.nti_psnr_space == "image" else NTI_MIN_LATENT_PSNR_DB
@@ -528,6 +612,8 @@ def thresholds() -> dict[str, float]:
         "nti_min_psnr_db": NTI_MIN_PSNR_DB,
         "nti_min_latent_psnr_db": NTI_MIN_LATENT_PSNR_DB,
         "distance_ratio_warn": DISTANCE_RATIO_WARN,
+        "memorisation_ratio": MEMORISATION_RATIO,
+        "memorisation_share": MEMORISATION_SHARE,
     }
 
 
@@ -543,11 +629,14 @@ def assess(
     spec_dir: str | Path | None,
     sources: list[str],
     notes: Sequence[str] = (),
-    advice: str = ADVICE,
+    advice: str | Callable[[str], str] | None = None,
+    lora_dir: str | Path | None = None,
 ) -> HealthReport:
     """All figures for the generators in `soft_labels` (teacher already holds the supports);
     notes are run-level warnings the report leads with, `advice` ends a failing class's
-    warning (`remedy`: the options that run where the warning is read).
+    warning (`remedy`: the options that run where the warning is read; a function of the
+    generator, or one text for all; default remedy(method=generator)). spec_dir holds the TI
+    specialization, lora_dir the LoRA one (diffusion.lora), each read for its own methods.
 
     Costs one teacher feature pass over the supports and over at most DISTANCE_MAX_PER_CLASS
     synthetic images per class and generator; everything else is read from what exists.
@@ -565,7 +654,10 @@ def assess(
         "images": total,
         "method": "leave-one-out ProtoNet over the support images (teacher only)",
     }
-    spec = specialization_figures(spec_dir) if spec_dir is not None else {}
+    figures = {
+        kind: specialization_figures(folder) if folder is not None else {}
+        for kind, folder in (("ti", spec_dir), ("lora", lora_dir))
+    }
     for g, probs in soft_labels.items():
         y = intended[g].long().view(-1)
         agree = agreement_by_class(probs, y, ways)
@@ -573,10 +665,14 @@ def assess(
         pick = torch.cat(
             [torch.nonzero(y == c).view(-1)[:DISTANCE_MAX_PER_CLASS] for c in range(ways)]
         )
-        dists = support_distances(teacher_features(teacher, x[pick]), y[pick], sup_f, sup_y, ways)
+        feats = teacher_features(teacher, x[pick])
+        dists = nearest_support_distances(feats, y[pick], sup_f, sup_y, ways)
+        spec = figures.get(METHOD_PARTS.get(g, ("ti", ""))[0], {})
+        said = advice(g) if callable(advice) else advice or remedy(method=g)
         for c, name in enumerate(class_names):
             n, a, p = agree[c]
             s = spec.get(c, {})
+            d, spread = dists[c]
             uses_nti, uses_ti = g in USES_NTI, g in USES_TOKEN
             h = ClassHealth(
                 generator=g,
@@ -590,10 +686,11 @@ def assess(
                 ti_loss_final=s.get("ti_loss_final") if uses_ti else None,
                 nti_psnr_db=s.get("nti_psnr_db") if uses_nti else None,
                 nti_psnr_space=s.get("nti_psnr_space") if uses_nti else None,
-                support_distance=dists[c][0],
-                support_spread=dists[c][1],
+                support_distance=float(d.mean()) if len(d) else None,
+                support_spread=spread,
+                near_copies=near_copy_share(d, spread),
             )
-            report.classes.append(judge(h, advice))
+            report.classes.append(judge(h, said))
     return report
 
 

@@ -78,6 +78,14 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--synthetic", type=int, help="synthetic images per class")
     g.add_argument("--alpha", type=float, help="TINT noise blend in [0, 1] (paper: 1)")
     g.add_argument("--ti-steps", type=int, help="textual inversion iterations (paper: 5000)")
+    g.add_argument(
+        "--lora-steps", type=int, help="LoRA training steps of the lora* methods (default 1000)"
+    )
+    g.add_argument(
+        "--lora-prompt",
+        choices=["token", "name"],
+        help="lora* methods: a learned token per class (default) or the class (folder) name",
+    )
     g.add_argument("--iterations", type=int, help="distillation iterations (paper: 10000)")
     g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: auto)")
     g.add_argument(
@@ -102,6 +110,9 @@ def _pipeline_overrides(args: argparse.Namespace, file_config: dict[str, Any]) -
     d.update({k: v for k, v in flat.items() if v is not None})
     if args.ti_steps is not None:
         d["specialize"] = {**d.get("specialize", {}), "ti_steps": args.ti_steps}
+    for key, value in (("steps", args.lora_steps), ("prompt", args.lora_prompt)):
+        if value is not None:
+            d["lora"] = {**d.get("lora", {}), key: value}
     if args.iterations is not None:
         d["distill"] = {**d.get("distill", {}), "iterations": args.iterations}
     return d
@@ -131,7 +142,9 @@ def _register_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="episode sampling seed (default 0)")
     p.add_argument(
         "--methods",
-        help="comma-separated subset of teacher,support-only,support+base,name,ti,dafusion,tint",
+        help="comma-separated subset of teacher,support-only,support+base,name,ti,dafusion,tint "
+        "(the default: all of them) and lora,lora-dafusion,lora-tint (LoRA-adapted generator; "
+        "not in the default)",
     )
     _add_pipeline_options(p)
     p.set_defaults(func=cmd_demo)
@@ -154,6 +167,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _register_fit(sub: argparse._SubParsersAction) -> None:
+    from tinyshot.pipeline.config import GENERATORS
+
     p = sub.add_parser(
         "fit",
         help="train a tiny classifier from an ImageFolder of your classes (K images each)",
@@ -171,9 +186,11 @@ def _register_fit(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--method",
         default="tint",
-        choices=["tint", "ti", "dafusion", "name", "support+base", "support-only"],
+        choices=[*GENERATORS, "support+base", "support-only"],
         help="which data the student learns from (default tint; name: images of "
-        "'a photo of a {folder name}', underscores as spaces)",
+        "'a photo of a {folder name}', underscores as spaces; lora, lora-dafusion, lora-tint: "
+        "the generator itself adapted to your images by LoRA (DataDream), sampled from noise, "
+        "img2img or TINT; for classes the generator cannot draw)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(

@@ -11,14 +11,21 @@ from tinyshot.data.base import FewShotDataset
 from tinyshot.diffusion.config import DEMO_DDIM_STEPS
 from tinyshot.errors import ConfigError
 
-GENERATORS = ("name", "ti", "dafusion", "tint")
+# Synthetic-image methods (diffusion.generate.METHOD_PARTS: specialization x sampling).
+GENERATORS = ("name", "ti", "dafusion", "tint", "lora", "lora-dafusion", "lora-tint")
 # Generators that need the episode's TI/NTI specialization ("name" needs none).
 SPECIALIZED = ("ti", "dafusion", "tint")
+# Generators that sample the LoRA-adapted generator (diffusion.lora); lora-tint also needs the
+# supports inverted through it.
+LORA_GENERATORS = ("lora", "lora-dafusion", "lora-tint")
 # Two cheap ImageNet backbones plus the base-pretrained student (models.ensemble.ENSEMBLES);
 # `tinyshot evaluate` and the teacher baseline default to it too.
 DEFAULT_TEACHER = "effnet-lite-student"
 STUDENT_METHODS = ("support-only", "support+base", *GENERATORS)
 METHODS = ("teacher", *STUDENT_METHODS)
+# What the demo and the benchmark run when no method is named: everything but the LoRA
+# methods, whose training the demo's 10-minute budget has not been measured with.
+DEFAULT_METHODS = tuple(m for m in METHODS if m not in LORA_GENERATORS)
 # Images per step of streamed work (teacher labelling, student image files, base images): the
 # resumable unit of pseudo-labelling; 512 images at 224 px are 77 MB as uint8.
 STREAM_CHUNK = 512
@@ -33,7 +40,7 @@ class PipelineConfig:
     docs/pipeline.md sets the two side by side.
     """
 
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = DEFAULT_METHODS
     # Generator: a shipped offline model ("fashion-mnist", "glyphs"), a local folder or a hub id.
     # The benchmark runner picks the shipped one of the episode's dataset unless a method sets it.
     generator: str = "fashion-mnist"
@@ -47,6 +54,19 @@ class PipelineConfig:
             "guidance": 3.0,
             "nti_inner_steps": 10,
             "nti_lr": 1.0,  # this small text encoder needs a larger step than SD's
+        }
+    )
+    # LoRA specialization (diffusion.lora.LoraTrainConfig) for the lora* methods. CPU-sized:
+    # a larger lr than DataDream's 1e-4 and every support in each step (5 per class), as the
+    # concept-unknown probe of issue 32 found best (docs/results.md, "LoRA").
+    lora: dict[str, Any] = field(
+        default_factory=lambda: {
+            "steps": 1000,
+            "lr": 1e-3,
+            "batch_size": 5,
+            "rank": 16,
+            "alpha": 16.0,
+            "warmup_steps": 100,
         }
     )
     synthetic_per_class: int = 50
@@ -88,6 +108,9 @@ class PipelineConfig:
         for name in ("synthetic_per_class", "image_size", "generation_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        from tinyshot.diffusion.lora import LoraTrainConfig
+
+        LoraTrainConfig.from_dict(self.lora).validate()
         return self
 
     @property
@@ -95,8 +118,12 @@ class PipelineConfig:
         return [m for m in GENERATORS if m in self.methods]
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain data; the LoRA settings only where a LoRA method runs (they change nothing
+        else, and run folders made before them keep resuming)."""
         d = asdict(self)
         d["methods"] = list(self.methods)
+        if not any(m in LORA_GENERATORS for m in self.methods):
+            del d["lora"]
         return d
 
     @classmethod

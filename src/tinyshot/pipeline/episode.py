@@ -46,7 +46,10 @@ import torch
 from tinyshot.data.base import FewShotDataset
 from tinyshot.data.episodes import Episode
 from tinyshot.errors import ConfigError
-from tinyshot.pipeline.config import METHODS, STUDENT_METHODS, PipelineConfig, effective_inputs
+from tinyshot.pipeline.config import (
+    DEFAULT_METHODS as DEFAULT_METHOD_NAMES,
+)
+from tinyshot.pipeline.config import STUDENT_METHODS, PipelineConfig, effective_inputs
 from tinyshot.pipeline.episode_data import load_episode_data, val_subset
 from tinyshot.pipeline.generation_stage import specialize_and_generate
 from tinyshot.pipeline.health_stage import episode_health
@@ -182,7 +185,8 @@ def run_pipeline_episode(
 # The benchmark runner's contract (pipeline.benchmark): the episode function's module declares
 # its default methods and checks a run's method configs once, before any episode is scheduled.
 
-DEFAULT_METHODS: dict[str, dict[str, Any]] = {m: {} for m in METHODS}
+# Every method but the LoRA ones (named with --method lora etc.; config.DEFAULT_METHODS).
+DEFAULT_METHODS: dict[str, dict[str, Any]] = {m: {} for m in DEFAULT_METHOD_NAMES}
 
 
 def check_methods(methods: dict[str, dict[str, Any]]) -> None:

@@ -396,9 +396,10 @@ def _fit_health(
         intended={g: intended_labels(stores[g]) for g in labelled},
         synthetic={g: x for g, (x, _) in labelled.items()},
         spec_dir=out / "specialize" if (out / "specialize").is_dir() else None,
+        lora_dir=out / "lora" if (out / "lora").is_dir() else None,
         sources=sources_of(method, data.base is not None),
         notes=notes,
-        advice=remedy(fit=True, has_base=data.base is not None),
+        advice=lambda g: remedy(fit=True, has_base=data.base is not None, method=g),
     )
     if held is not None:
         seen = held[2] if held[2] is not None else held[0]
@@ -417,7 +418,8 @@ def _fit_health(
 def _stop_unhealthy(report: Any, out: Path) -> None:
     from tinyshot.evaluation.health import HealthError, remedy
 
-    advice = remedy(fit=True, has_base="base" in report.sources)
+    method = report.failed[0].generator if report.failed else None
+    advice = remedy(fit=True, has_base="base" in report.sources, method=method)
     failed = "; ".join(
         f"{h.class_name!r} ({h.generator}: teacher agreement {100 * h.agreement:.1f}%, "
         f"chance {100 * h.chance:.1f}%)"

@@ -34,6 +34,7 @@ BENCH = {
     "reference_images": 2,
     "upscale": "bilinear",
     "support_size": 84,
+    "lora_steps": 5,  # LoRA training (rank 16, 8 images per step) at 512 px
 }
 # The teacher timings: each ViT teacher's backbone on one batch at 224 px, fastest of `repeats`.
 TEACHERS = {
@@ -291,8 +292,10 @@ def _print_summary(report: dict[str, Any]) -> None:
         rows = {r["step"].split(" (")[0]: r for r in res["rows"]}
         ti = rows.get("Textual inversion", {})
         nti = rows.get("Null-text inversion", {})
+        lora = rows.get("LoRA training")
+        lora_said = "" if lora is None else f"LoRA step {lora['per_unit_s']:.3f} s (8 images), "
         print(
-            f"{dt}: TI step {ti.get('per_unit_s', 0):.3f} s ({i['classes']} classes), NTI "
+            f"{dt}: TI step {ti.get('per_unit_s', 0):.3f} s ({i['classes']} classes), {lora_said}NTI "
             f"{nti.get('per_unit_s', 0):.2f} s per image, generation {i['speedup']:.1f}x "
             f"faster batched (B={i['batch_size']}) than one at a time fp32; all-in "
             f"{i['all_in_per_image_s']:.3f} s/image (paper, A40: 1.01); peak "

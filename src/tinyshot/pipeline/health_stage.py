@@ -36,6 +36,7 @@ def episode_health(
         intended={g: intended_labels(stores[g]) for g in synthetic},
         synthetic=synthetic,
         spec_dir=work / "specialize" if (work / "specialize").is_dir() else None,
+        lora_dir=work / "lora" if (work / "lora").is_dir() else None,
         sources=sources + [f"synthetic:{g}" for g in synthetic],
         notes=notes,
     )

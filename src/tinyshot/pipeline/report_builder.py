@@ -23,6 +23,9 @@ METHOD_LABELS = {
     "ti": "student: + plain-TI synthetic",
     "dafusion": "student: + DA-Fusion synthetic",
     "tint": "student: + TINT synthetic (full method)",
+    "lora": "student: + LoRA synthetic (DataDream)",
+    "lora-dafusion": "student: + LoRA img2img synthetic",
+    "lora-tint": "student: + LoRA-TINT synthetic",
 }
 # the student's validation curve of a fit run
 VAL_NAME = "agreement with the teacher on held-out synthetic images"
@@ -32,6 +35,10 @@ STAGE_LABELS = {
     "generate_ti_s": "image generation, textual inversion only",
     "generate_dafusion_s": "image generation, DA-Fusion",
     "generate_tint_s": "image generation, TINT",
+    "specialize_lora_s": "LoRA specialization (training; null-text inversion for lora-tint)",
+    "generate_lora_s": "image generation, LoRA",
+    "generate_lora-dafusion_s": "image generation, LoRA img2img",
+    "generate_lora-tint_s": "image generation, LoRA-TINT",
     "teacher_s": "teacher labels for the synthetic images",
     "student_images_s": "synthetic images at the student's size (memory-mapped file)",
     "health_s": "health checks of the synthetic images",
