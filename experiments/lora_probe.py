@@ -35,13 +35,8 @@ from tinyshot.diffusion.lora import LoraTrainConfig, specialize_lora
 from tinyshot.diffusion.model import load_diffusion_model
 from tinyshot.diffusion.specialize import specialize
 from tinyshot.evaluation.fidelity import judged_share, load_judge
-from tinyshot.evaluation.health import (
-    MEMORISATION_RATIO,
-    intended_labels,
-    near_copy_share,
-    nearest_support_distances,
-    teacher_features,
-)
+from tinyshot.evaluation.health import MEMORISATION_RATIO, intended_labels, near_copy_share
+from tinyshot.evaluation.health_figures import nearest_support_distances, teacher_features
 from tinyshot.pipeline.benchmark import prepare_episodes
 from tinyshot.pipeline.benchmark.tasks import load_task_datasets
 from tinyshot.pipeline.config import generator_prep, resolve_generator

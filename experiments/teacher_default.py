@@ -23,7 +23,7 @@ episodes, and times each member on this CPU in the same run:
   seed 1000 as in scripts/tune_teacher.py), `student` = the shipped base-pretrained Conv4.
 
 For each candidate and episode: leave-one-out ProtoNet accuracy over the 25 supports
-(`evaluation.health.loo_protonet_accuracy`, the figure `fit` reports) and accuracy on the
+(`evaluation.health_figures.loo_protonet_accuracy`, the figure `fit` reports) and accuracy on the
 held-out images (prototypes from the supports). Each candidate's images are the pipeline's
 teacher view at the `teacher_input_size` a default would give it (`teacher_size`: 96, or its
 largest member's size), so members see what they would see in `fit`. Each member's features
@@ -69,7 +69,7 @@ from tinyshot.data.images import open_rgb, to_rgb
 from tinyshot.data.registry import load_dataset
 from tinyshot.data.sampler import sample_episode, sample_episodes
 from tinyshot.data.transforms import teacher_view
-from tinyshot.evaluation.health import loo_protonet_accuracy
+from tinyshot.evaluation.health_figures import loo_protonet_accuracy
 from tinyshot.models.backbones import build_ensemble
 from tinyshot.models.teacher import ProtoNetTeacher
 from tinyshot.pipeline.task_config import bind_teacher_spec

@@ -14,21 +14,25 @@ from tinyshot.evaluation.health import (
     AGREEMENT_WARN,
     ClassHealth,
     HealthReport,
-    agreement_by_class,
     assess,
+    judge,
+    near_copy_share,
+    remedy,
+    status_line,
+)
+from tinyshot.evaluation.health_figures import (
+    agreement_by_class,
+    loo_protonet_accuracy,
+    nti_psnr,
+    support_distances,
+)
+from tinyshot.evaluation.health_summary import (
     banner_html,
     benchmark_health,
     combine_episodes,
-    hold_out_supports,
-    judge,
-    loo_protonet_accuracy,
-    near_copy_share,
-    nti_psnr,
-    remedy,
-    status_line,
-    support_distances,
     teacher_headroom,
 )
+from tinyshot.evaluation.holdout import hold_out_supports
 
 
 def _probs_for(intended: torch.Tensor, predicted: torch.Tensor, ways: int) -> torch.Tensor:

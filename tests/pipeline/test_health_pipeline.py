@@ -92,7 +92,7 @@ def test_episode_records_health_for_every_generator(tiny_generator, fmnist, tmp_
 
 def test_demo_report_opens_with_the_pooled_health_banner(fmnist, tmp_path):  # noqa: F811
     from tinyshot.data.sampler import sample_episode
-    from tinyshot.evaluation.health import combine_episodes
+    from tinyshot.evaluation.health_summary import combine_episodes
     from tinyshot.pipeline.config import PipelineConfig
     from tinyshot.pipeline.demo import DemoConfig
     from tinyshot.pipeline.report_builder import build_demo_report

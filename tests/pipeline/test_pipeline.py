@@ -279,7 +279,7 @@ def test_demo_paired_differences_are_per_episode_tint_minus_other():
     table = format_table(summarize(eps, ["ti", "tint"]), None, [d])
     assert "tint - ti" in table and "+4.00 +-  2.48" in table
     assert paired_vs_tint(eps, ["ti"]) == []
-    from tinyshot.evaluation.health import teacher_headroom
+    from tinyshot.evaluation.health_summary import teacher_headroom
 
     hr = teacher_headroom({"teacher": 0.81, "ti": 0.76, "tint": 0.80})
     table = format_table(summarize(eps, ["ti", "tint"]), None, [d], hr)

@@ -23,7 +23,10 @@ them into warnings with thresholds, and estimates accuracy on real images from t
   feature pass over the supports), and, when supports were held out of every training stage
   (`fit --holdout`), teacher and student on those held-out images.
 
-Everything here is plain data (`HealthReport.to_dict()` goes into fit.json/results.json).
+This module holds the thresholds, the judgement and the per-run report; `health_figures`
+computes the figures, `health_summary` pools episodes and draws the report's banner, and
+`holdout` keeps supports out for the real-image estimate. Everything is plain data
+(`HealthReport.to_dict()` goes into fit.json/results.json).
 """
 
 from __future__ import annotations
@@ -36,11 +39,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from tinyshot.diffusion.config import LORA_METHODS, METHOD_PARTS
 from tinyshot.diffusion.generate import USES_NTI, USES_TOKEN
 from tinyshot.errors import TinyshotError
+from tinyshot.evaluation.health_figures import (
+    agreement_by_class,
+    loo_protonet_accuracy,
+    nearest_support_distances,
+    specialization_figures,
+    teacher_features,
+)
 from tinyshot.utils.logging import get_logger
 
 log = get_logger("evaluation.health")
@@ -150,44 +159,6 @@ def memorisation_remedy(method: str) -> str:
 ADVICE = remedy()
 
 
-def teacher_headroom(accuracy: dict[str, float]) -> dict[str, Any] | None:
-    """Teacher minus best student (mean accuracies by method), with a warning below +3 points.
-
-    None when there is no teacher or no student to compare."""
-    students = {m: a for m, a in accuracy.items() if m != "teacher"}
-    if "teacher" not in accuracy or not students:
-        return None
-    best = max(students, key=lambda m: students[m])
-    teacher, top = accuracy["teacher"], students[best]
-    headroom = teacher - top
-    out: dict[str, Any] = {
-        "teacher": teacher,
-        "best_student": best,
-        "best_student_accuracy": top,
-        "headroom": headroom,
-        "warn_below": HEADROOM_WARN,
-        "status": "ok" if headroom >= HEADROOM_WARN else "warn",
-        "warning": None,
-    }
-    if out["status"] == "warn":
-        out["warning"] = (
-            f"teacher headroom {100 * headroom:+.1f} points: the teacher ({100 * teacher:.1f}%) "
-            f"is not {100 * HEADROOM_WARN:.0f} points above the best student ({best}, "
-            f"{100 * top:.1f}%), so its pseudo-labels can lift the students little and the "
-            "synthetic-image methods tie; use a stronger --teacher (measured ones: "
-            "docs/models.md)"
-        )
-    return out
-
-
-def headroom_line(headroom: dict[str, Any]) -> str:
-    """The one-line summary a run prints (demo table, benchmark summary)."""
-    return (
-        f"teacher headroom over the best student ({headroom['best_student']}): "
-        f"{100 * headroom['headroom']:+.2f} points"
-    )
-
-
 class HealthError(TinyshotError):
     """`fit --strict`: a class's synthetic data failed the health checks; nothing distilled."""
 
@@ -248,154 +219,6 @@ class ClassHealth:
             distance_ratio=self.distance_ratio,
         )
         return d
-
-
-def agreement_by_class(
-    probs: torch.Tensor, intended: torch.Tensor, ways: int
-) -> list[tuple[int, float, float]]:
-    """Per class: (images, agreement, mean intended-class probability) from teacher soft labels."""
-    intended = intended.long().view(-1)
-    if probs.shape[0] != intended.numel():
-        raise ValueError(f"{probs.shape[0]} soft labels but {intended.numel()} intended classes")
-    pred = probs.argmax(1)
-    out = []
-    for c in range(ways):
-        m = intended == c
-        n = int(m.sum())
-        if n == 0:
-            out.append((0, float("nan"), float("nan")))
-            continue
-        out.append((n, float((pred[m] == c).double().mean()), float(probs[m, c].double().mean())))
-    return out
-
-
-def _find(meta: dict[str, Any], key: str) -> Any:
-    """A per-class figure at the top of the artifact JSON or one level down (e.g. "stats")."""
-    if key in meta:
-        return meta[key]
-    for v in meta.values():
-        if isinstance(v, dict) and key in v:
-            return v[key]
-    return None
-
-
-def nti_psnr(
-    meta: dict[str, Any], support_latents: torch.Tensor | None
-) -> tuple[float, str] | None:
-    """(PSNR dB, space) of a class's NTI reconstructions, from its specialization JSON.
-
-    Prefers an image-space `nti_psnr_db` recorded by specialize. Else computes it from the
-    recorded reconstruction MSEs (`inversion_recon_mse`): for a pixel-space model the "latent"
-    is the image in [-1, 1], so PSNR over the range 2 is the image PSNR; for a latent model it
-    is a latent-space PSNR over the peak-to-peak range of the class's support latents.
-    None when neither is available (e.g. NPI runs).
-    """
-    v = _find(meta, "nti_psnr_db")
-    if v is not None:
-        vals = v if isinstance(v, list) else [v]
-        return float(sum(vals) / len(vals)), "image"
-    mse = _find(meta, "inversion_recon_mse")
-    if not mse:
-        return None
-    mean_mse = max(float(sum(mse) / len(mse)), 1e-12)
-    if (meta.get("model") or {}).get("pixel_space"):
-        return 10.0 * math.log10(4.0 / mean_mse), "image"
-    if support_latents is None or support_latents.numel() == 0:
-        return None
-    peak = float(support_latents.max() - support_latents.min())
-    return 10.0 * math.log10(peak * peak / mean_mse), "latent"
-
-
-def specialization_figures(spec_dir: str | Path) -> dict[int, dict[str, Any]]:
-    """class index -> {ti_loss_init, ti_loss_final, nti_psnr_db, nti_psnr_space, inversion}."""
-    from safetensors import safe_open
-
-    from tinyshot.utils.io import read_json
-
-    d = Path(spec_dir)
-    out: dict[int, dict[str, Any]] = {}
-    if not d.is_dir():
-        return out
-    for p in sorted(d.glob("*.json")):
-        if not p.stem.isdigit():
-            continue
-        meta = read_json(p)
-        lat = None
-        st = p.with_suffix(".safetensors")
-        pixel = (meta.get("model") or {}).get("pixel_space")
-        if st.is_file() and _find(meta, "nti_psnr_db") is None and not pixel:
-            try:
-                with safe_open(str(st), framework="pt") as f:
-                    lat = f.get_tensor("support_latents")
-            except Exception as e:  # an unreadable artifact is specialize's error, not ours
-                log.debug("%s: no support latents for PSNR (%s)", st, e)
-        psnr = nti_psnr(meta, lat) if meta.get("inversion", "nti") == "nti" else None
-        out[int(p.stem)] = {
-            "ti_loss_init": _find(meta, "ti_loss_init"),
-            "ti_loss_final": _find(meta, "ti_loss_final"),
-            "nti_psnr_db": None if psnr is None else psnr[0],
-            "nti_psnr_space": None if psnr is None else psnr[1],
-        }
-    if (d / "lora.json").is_file():  # a LoRA folder: its support loss before/after training
-        stats = read_json(d / "lora.json").get("stats") or {}
-        pairs = zip(stats.get("support_loss_init", []), stats.get("support_loss_final", []))
-        for c, (init, final) in enumerate(pairs):
-            row = out.setdefault(c, {"nti_psnr_db": None, "nti_psnr_space": None})
-            row.update(ti_loss_init=init, ti_loss_final=final)
-    return out
-
-
-@torch.no_grad()
-def teacher_features(
-    teacher: Any, images: torch.Tensor, batch_size: int | None = None
-) -> torch.Tensor:
-    """(B, D) unit-normalised teacher backbone features of uint8 or [0,1] images."""
-    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-    was = teacher.training
-    teacher.eval()
-    feats = teacher._features_batched(x, batch_size).float().cpu()
-    teacher.train(was)
-    return F.normalize(feats, dim=-1)
-
-
-def nearest_support_distances(
-    synth_feats: torch.Tensor,
-    synth_labels: torch.Tensor,
-    support_feats: torch.Tensor,
-    support_labels: torch.Tensor,
-    ways: int,
-) -> list[tuple[torch.Tensor, float | None]]:
-    """Per class: (each synthetic image's cosine distance to its nearest support of the class,
-    support spread). The spread is the mean leave-one-out nearest-neighbour distance among the
-    class's supports (None with one support image)."""
-    out = []
-    for c in range(ways):
-        s = support_feats[support_labels == c]
-        g = synth_feats[synth_labels == c]
-        dist = (1 - g @ s.t()).min(1).values if len(g) and len(s) else torch.empty(0)
-        spread = None
-        if len(s) >= 2:
-            d = 1 - s @ s.t()
-            d.fill_diagonal_(float("inf"))
-            spread = float(d.min(1).values.mean())
-        out.append((dist, spread))
-    return out
-
-
-def support_distances(
-    synth_feats: torch.Tensor,
-    synth_labels: torch.Tensor,
-    support_feats: torch.Tensor,
-    support_labels: torch.Tensor,
-    ways: int,
-) -> list[tuple[float | None, float | None]]:
-    """Per class: (mean cosine distance synthetic -> nearest class support, support spread)."""
-    return [
-        (float(d.mean()) if len(d) else None, spread)
-        for d, spread in nearest_support_distances(
-            synth_feats, synth_labels, support_feats, support_labels, ways
-        )
-    ]
 
 
 def near_copy_share(dist: torch.Tensor, spread: float | None) -> float | None:
@@ -469,34 +292,6 @@ def judge(h: ClassHealth, advice: str = ADVICE) -> ClassHealth:
     (h.problems if status != "ok" else h.information).extend(f"{who}: {f}" for f in figures)
     h.status = status
     return h
-
-
-# ------------------------------------------------------------------ real-image estimate
-
-
-@torch.no_grad()
-def loo_protonet_accuracy(feats: torch.Tensor, labels: torch.Tensor, ways: int) -> tuple[int, int]:
-    """Leave-one-out ProtoNet over the supports: (correct, evaluated).
-
-    Each support image is classified by cosine to prototypes built without it (the teacher's
-    rule: mean of unit features, renormalised). Images of classes with one support are skipped,
-    since leaving them out removes their class.
-    """
-    f = F.normalize(feats.float(), dim=-1)
-    labels = labels.long().view(-1)
-    sums = torch.zeros(ways, f.shape[1]).index_add_(0, labels, f)
-    counts = torch.bincount(labels, minlength=ways)
-    correct = total = 0
-    for i in range(len(f)):
-        c = int(labels[i])
-        if counts[c] < 2:
-            continue
-        s = sums.clone()
-        s[c] -= f[i]
-        protos = F.normalize(s, dim=-1)
-        correct += int(int((f[i] @ protos.t()).argmax()) == c)
-        total += 1
-    return correct, total
 
 
 @dataclass
@@ -694,230 +489,6 @@ def assess(
     return report
 
 
-def holdout_split(
-    labels: torch.Tensor, per_class: int, seed: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices (kept, held out): `per_class` supports of every class, drawn with `seed`.
-
-    Every class must keep at least one image for training.
-    """
-    labels = labels.long().view(-1)
-    g = torch.Generator().manual_seed(seed)
-    keep, hold = [], []
-    for c in range(int(labels.max()) + 1):
-        idx = torch.nonzero(labels == c).view(-1)
-        idx = idx[torch.randperm(len(idx), generator=g)]
-        hold.append(idx[:per_class])
-        keep.append(idx[per_class:])
-    return torch.sort(torch.cat(keep)).values, torch.sort(torch.cat(hold)).values
-
-
-def hold_out_supports(
-    data: Any, per_class: int, seed: int
-) -> tuple[Any, torch.Tensor, torch.Tensor]:
-    """Remove `per_class` supports of every class from an EpisodeData before any training stage.
-
-    Returns (the remaining data, held-out images uint8, their labels). A class needs more
-    than `per_class` images, or it would have none left to learn from.
-    """
-    rest, held = split_supports(data, per_class, seed)
-    return rest, held.support, held.support_labels
-
-
-def split_supports(data: Any, per_class: int, seed: int) -> tuple[Any, Any]:
-    """(remaining, held out): two EpisodeData, each with the student's and the teacher's view
-    of its supports, so a held-out image reaches neither model's training in any size."""
-    import dataclasses
-
-    from tinyshot.errors import ConfigError
-
-    if per_class < 1:
-        raise ConfigError(f"--holdout must be >= 1 image per class, got {per_class}")
-    short = [n for n, imgs in zip(data.class_names, data.support_pil) if len(imgs) <= per_class]
-    if short:
-        raise ConfigError(
-            f"--holdout {per_class}: class(es) {short} have <= {per_class} images, none would be "
-            "left for training; add images or lower --holdout"
-        )
-    keep, hold = holdout_split(data.support_labels, per_class, seed)
-
-    def subset(rows: torch.Tensor) -> Any:
-        chosen = set(rows.tolist())
-        pil, flat = [], 0
-        for imgs in data.support_pil:
-            pil.append([im for j, im in enumerate(imgs) if flat + j in chosen])
-            flat += len(imgs)
-        teacher = data.teacher_support
-        return dataclasses.replace(
-            data,
-            support_pil=pil,
-            support=data.support[rows],
-            support_labels=data.support_labels[rows],
-            teacher_support=None if teacher is None else teacher[rows],
-        )
-
-    return subset(keep), subset(hold)
-
-
 def intended_labels(store: Any) -> torch.Tensor:
     """The class each stored synthetic image was generated for, in the store's image order."""
     return torch.tensor([it.class_index for it in store.items()], dtype=torch.long)
-
-
-def combine_episodes(per_episode: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
-    """One health block for a multi-episode run (demo, benchmark) from per-episode blocks.
-
-    Agreement is pooled over episodes per generator; warnings keep their episode number.
-    """
-    eps = [(i, h) for i, h in enumerate(per_episode) if h]
-    if not eps:
-        return {}
-    gens: dict[str, dict[str, Any]] = {}
-    for _, h in eps:
-        for g, s in (h.get("generators") or {}).items():
-            d = gens.setdefault(
-                g, {"agreements": [], "failed": 0, "warned": 0, "episodes": 0, "chance": []}
-            )
-            d["episodes"] += 1
-            d["chance"].append(s.get("chance"))
-            if s.get("agreement") is not None:
-                d["agreements"].append(s["agreement"])
-            d["failed"] += s.get("status") == "fail"
-            d["warned"] += s.get("status") == "warn"
-    correct = sum(
-        (h.get("real_image_estimate") or {}).get("teacher_loo", {}).get("correct", 0)
-        for _, h in eps
-    )
-    images = sum(
-        (h.get("real_image_estimate") or {}).get("teacher_loo", {}).get("images", 0) for _, h in eps
-    )
-    generators = {
-        g: {
-            "agreement": sum(d["agreements"]) / len(d["agreements"]) if d["agreements"] else None,
-            "chance": d["chance"][0],
-            "episodes": d["episodes"],
-            "episodes_failed": d["failed"],
-            "episodes_warned": d["warned"],
-            "status": "fail" if d["failed"] else ("warn" if d["warned"] else "ok"),
-        }
-        for g, d in gens.items()
-    }
-    return {
-        "sources": eps[0][1].get("sources", []),
-        "chance": eps[0][1].get("chance"),
-        "generators": generators,
-        "warnings": [f"episode {i + 1}: {w}" for i, h in eps for w in h.get("warnings", [])],
-        "information": [f"episode {i + 1}: {w}" for i, h in eps for w in h.get("information", [])],
-        "real_image_estimate": {
-            "teacher_loo": {
-                "accuracy": correct / images if images else None,
-                "correct": correct,
-                "images": images,
-                "method": "leave-one-out ProtoNet over the support images (teacher only)",
-            }
-        },
-        "episodes": len(eps),
-    }
-
-
-def benchmark_health(per_episode: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The benchmark's health block from the per-episode method records (run_pipeline_episode
-    puts each generator's summary under methods[generator]["health"])."""
-    blocks = []
-    for rec in per_episode:
-        gens = {
-            m: d["health"]
-            for m, d in rec.get("methods", {}).items()
-            if isinstance(d, dict) and "health" in d
-        }
-        blocks.append({"generators": gens} if gens else None)
-    out = combine_episodes(blocks)
-    if out:
-        out.pop("real_image_estimate", None)  # not carried per episode by the benchmark
-        out.pop("sources", None)
-    return out
-
-
-def banner_html(health: dict[str, Any], method_label: str | None = None) -> str:
-    """The report's first screen: sources used, health per generator, warnings, estimate."""
-    import html
-
-    warns = health.get("warnings") or []
-    gens = health.get("generators") or {}
-    sources = health.get("sources", [])
-    failing = any(info.get("status") == "fail" for info in gens.values())
-    color, border = (
-        ("#fdecea", "#d93025")
-        if failing
-        else ("#fff4e5", "#ed6c02")
-        if warns
-        else ("#edf7ed", "#2e7d32")
-    )
-    parts = [
-        f'<div class="health" style="background:{color};border:2px solid {border};'
-        'padding:.6em 1em;margin:1em 0;border-radius:4px">'
-    ]
-    head = (f"Health: {len(warns)} warning(s)" if warns else "Health: no warnings") + (
-        f" ({html.escape(method_label)})" if method_label else ""
-    )
-    parts.append(f"<strong>{head}</strong>")
-    status = []
-    for g, info in gens.items():
-        if info.get("agreement") is None:
-            continue
-        unused = "" if f"synthetic:{g}" in sources or not sources else " (not used by this student)"
-        status.append(f"<li>{html.escape(status_line(g, info) + unused)}</li>")
-    if status:
-        parts.append(f"<ul>{''.join(status)}</ul>")
-    src = [
-        f"synthetic images from {s.split(':', 1)[1]}"
-        if s.startswith("synthetic:")
-        else (
-            "teacher-labelled base-class images" if s == "base" else "the labelled support images"
-        )
-        for s in sources
-    ]
-    if src:
-        parts.append(
-            "<p>The student learned from: " + html.escape("; ".join(src)) + f". Chance is "
-            f"{100 * health.get('chance', 0):.1f}%.</p>"
-        )
-    if warns:
-        more = len(warns) - MAX_BANNER_WARNINGS
-        items = "".join(f"<li>WARNING: {html.escape(w)}</li>" for w in warns[:MAX_BANNER_WARNINGS])
-        if more > 0:
-            items += f"<li>... and {more} more (health block of the run's JSON)</li>"
-        parts.append(f"<ul>{items}</ul>")
-    info_lines = health.get("information") or []
-    if info_lines:
-        shown = info_lines[:MAX_BANNER_WARNINGS]
-        items = "".join(f"<li>{html.escape(i)}</li>" for i in shown)
-        if len(info_lines) > len(shown):
-            items += f"<li>... and {len(info_lines) - len(shown)} more (the run's JSON)</li>"
-        parts.append(
-            f"<details><summary>{len(info_lines)} figure(s) outside their usual range, on "
-            "classes whose images pass the agreement check (information, not a warning)"
-            f"</summary><ul>{items}</ul></details>"
-        )
-    real = health.get("real_image_estimate") or {}
-    lines = []
-    t = real.get("teacher_loo")
-    if t and t.get("images"):
-        lines.append(
-            f"teacher, leave-one-out over the supports: {100 * t['accuracy']:.1f}% of "
-            f"{t['images']} images"
-        )
-    h = real.get("holdout")
-    if h and h.get("images"):
-        lines.append(
-            f"on {h['images']} support images held out of every training stage: student "
-            f"{100 * h['student']:.1f}%, teacher {100 * h['teacher']:.1f}%"
-        )
-    if lines:
-        parts.append(
-            "<p>Accuracy on real images (an estimate from few images): "
-            + html.escape("; ".join(lines))
-            + ".</p>"
-        )
-    parts.append("</div>")
-    return "".join(parts)

@@ -194,7 +194,7 @@ def format_table(
             f"{METHOD_LABELS.get(m, m):<48} {100 * s['mean']:>12.2f} +- {ci:>5} {s['episodes']:>9}"
         )
     if headroom:
-        from tinyshot.evaluation.health import headroom_line
+        from tinyshot.evaluation.health_summary import headroom_line
 
         lines.append(
             headroom_line(headroom)
@@ -404,7 +404,8 @@ def _run_demo(out: Path, config: DemoConfig, world: World) -> dict[str, Any]:
         if generators
         else None
     )
-    from tinyshot.evaluation.health import combine_episodes, status_line, teacher_headroom
+    from tinyshot.evaluation.health import status_line
+    from tinyshot.evaluation.health_summary import combine_episodes, teacher_headroom
 
     headroom = teacher_headroom({m: s["mean"] for m, s in summary.items()})
     if headroom and headroom["warning"]:

@@ -235,7 +235,7 @@ def _fit_stages(
     t_start = time.perf_counter()
     held = None
     if holdout:
-        from tinyshot.evaluation.health import split_supports
+        from tinyshot.evaluation.holdout import split_supports
 
         data, h = split_supports(data, holdout, derive_seed(seed, "holdout") % 2**63)
         # (student's view, labels, teacher's view): each model is scored on its own input

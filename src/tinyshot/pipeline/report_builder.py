@@ -143,7 +143,7 @@ def _curves(report: Report, episode_dir: Path, methods: Sequence[str]) -> None:
 def _health_banner(report: Report, health: dict[str, Any] | None, label: str) -> None:
     """First thing in the report: sources, health per generator, warnings (evaluation.health)."""
     if health:
-        from tinyshot.evaluation.health import banner_html
+        from tinyshot.evaluation.health_summary import banner_html
 
         report.raw(banner_html(health, label))
 

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tinyshot.evaluation.health import headroom_line, status_line, teacher_headroom
+from tinyshot.evaluation.health import status_line
+from tinyshot.evaluation.health_summary import headroom_line, teacher_headroom
 from tinyshot.pipeline.benchmark.statistics import method_statistics, paired_differences
 from tinyshot.pipeline.benchmark.store import RESULTS_FORMAT, VERSION
 from tinyshot.utils.io import read_json, write_json
@@ -154,7 +155,7 @@ def aggregate(
         elif fail_path.is_file():
             f = read_json(fail_path)
             failures.append({k: f[k] for k in ("index", "error_type", "message")})
-    from tinyshot.evaluation.health import benchmark_health
+    from tinyshot.evaluation.health_summary import benchmark_health
 
     summary = {}
     if per_episode:
