@@ -11,7 +11,7 @@ test: setup
 	.venv/bin/python -m pytest -n 2 -q
 
 lint: setup
-	.venv/bin/ruff check src tests && .venv/bin/ruff format --check src tests
+	.venv/bin/ruff check src tests experiments && .venv/bin/ruff format --check src tests experiments
 
 format: setup
-	.venv/bin/ruff format src tests && .venv/bin/ruff check --fix src tests
+	.venv/bin/ruff format src tests experiments && .venv/bin/ruff check --fix src tests experiments
