@@ -69,6 +69,15 @@ def merge_run(run_dir: Path, per: dict[int, dict[str, Any]], sources: dict) -> d
         + [f"--method {m}" for m in run["methods"]]
     )
     seconds = [read_json(f)["seconds"] for f in sorted((run_dir / "episodes").glob("*.json"))]
+    # Memorisation (evaluation.health): nearest-support distance over the supports' spread.
+    ratios: dict[str, list[float]] = {}
+    copies: dict[str, list[float]] = {}
+    for r in res["per_episode"]:
+        h = run_dir / "work" / str(r["index"]) / "health.json"
+        for c in read_json(h)["classes"] if h.is_file() else []:
+            if c.get("distance_ratio") is not None:
+                ratios.setdefault(c["generator"], []).append(c["distance_ratio"])
+                copies.setdefault(c["generator"], []).append(c["near_copies"])
     rerun: dict[str, list[float]] = {}
     for r in res["per_episode"]:
         ep = per.setdefault(r["index"], {})
@@ -88,6 +97,15 @@ def merge_run(run_dir: Path, per: dict[int, dict[str, Any]], sources: dict) -> d
             for m, d in rerun.items()
         },
         "health": health,
+        "nearest_support_over_spread": {
+            g: {
+                "classes": len(v),
+                "mean": sum(v) / len(v),
+                "min": min(v),
+                "near_copy_share_max": max(copies[g]),
+            }
+            for g, v in ratios.items()
+        },
         "episodes_done": len(res["per_episode"]),
         "episodes_total": n,
         "seconds_per_episode": seconds,
