@@ -153,6 +153,15 @@ def test_quantize_errors_name_the_folder_or_option(fitted, tmp_path, capsys):
     assert "--calibration-images must be >= 1" in error(
         ["quantize", str(run), "--calibration-images", "0"]
     )
+    # a support added to the data folder since the fit: the held-out split can no longer be
+    # reproduced, so no support is used (fit.json says how many the fit trained on)
+    data = shutil.copytree(fitted["data"], tmp_path / "data")
+    first = sorted(data.iterdir())[0]
+    shutil.copy(next(first.glob("*.png")), first / "added.png")
+    record = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**record, "data_dir": str(data)}))
+    assert main(["quantize", str(run)]) == 0
+    assert "calibrated on 0 support + 10 synthetic images" in capsys.readouterr().out
     (run / "model.int8.onnx").unlink()
     err = error(["predict", str(run), str(fitted["data"]), "--int8"])
     assert "no model.int8.onnx" in err and f"tinyshot quantize {run}" in err

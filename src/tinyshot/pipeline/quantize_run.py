@@ -98,15 +98,23 @@ def run_images(run_dir: str | Path) -> RunImages:
     run, record = check_run_dir(run_dir)
     classes = read_json(run / "classes.json")
     notes: list[str] = []
-    supports, held = _supports(record, classes, notes)
+    supports, held, kept = _supports(record, classes, notes)
+    shots = _fit_shots(run)
+    if supports and shots is not None and kept != shots:
+        notes.append(
+            f"{record['data_dir']}: holds {kept} supports per class, the fit trained on "
+            f"{shots}; the folder has changed since, so calibrating on synthetic images only"
+        )
+        supports, held = [], []
     synthetic = _synthetic(run, record, len(classes))
     return RunImages(supports, synthetic, _generator_prep(run, record), held, notes)
 
 
 def _supports(
     record: dict[str, Any], classes: list[str], notes: list[str]
-) -> tuple[list[Path], list[Path]]:
-    """(support files the run trained on, supports it held out), in `fit`'s order."""
+) -> tuple[list[Path], list[Path], list[int]]:
+    """(support files the run trained on, supports it held out, kept files per class), in
+    `fit`'s order."""
     import torch
 
     from tinyshot.data.imagefolder import load_imagefolder
@@ -116,24 +124,33 @@ def _supports(
         ds = load_imagefolder(data_dir)
     except DataError as e:
         notes.append(f"the supports cannot be read ({e}); calibrating on synthetic images only")
-        return [], []
+        return [], [], []
     if list(ds.class_names) != list(classes):
         notes.append(
             f"{data_dir}: its class folders {ds.class_names} are not the run's classes "
             f"{classes} any more; calibrating on synthetic images only"
         )
-        return [], []
+        return [], [], []
     files = [ds.root / ds.paths[int(i)] for c in range(ds.num_classes) for i in ds.indices_of(c)]
+    counts = [len(ds.indices_of(c)) for c in range(ds.num_classes)]
     per_class = int(record.get("holdout_per_class") or 0)
     if not per_class:
-        return files, []
+        return files, [], counts
     from tinyshot.evaluation.holdout import holdout_split
     from tinyshot.utils.seed import derive_seed
 
     labels = torch.tensor([c for c in range(ds.num_classes) for _ in ds.indices_of(c)])
     seed = derive_seed(int(record.get("seed", 0)), "holdout") % 2**63
     keep, hold = holdout_split(labels, per_class, seed)  # fit's split (evaluation.holdout)
-    return [files[int(i)] for i in keep], [files[int(i)] for i in hold]
+    kept = [n - per_class for n in counts]
+    return [files[int(i)] for i in keep], [files[int(i)] for i in hold], kept
+
+
+def _fit_shots(run: Path) -> list[int] | None:
+    """Supports per class the fit trained on (fit.json), None when it did not record them."""
+    fit = run / "fit.json"
+    shots = read_json(fit).get("shots") if fit.is_file() else None
+    return [int(n) for n in shots] if isinstance(shots, list) else None
 
 
 def _synthetic(run: Path, record: dict[str, Any], n_classes: int) -> list[Path]:
