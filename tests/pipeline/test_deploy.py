@@ -179,6 +179,7 @@ def test_quantize_errors_name_the_folder_or_option(fitted, tmp_path, capsys):
 def test_bench_inference_scores_runs_on_their_episode(fitted, tmp_path, capsys):
     run = shutil.copytree(fitted["run"], tmp_path / "run")
     (run / "model.int8.onnx").unlink()  # quantized for the bench only, not saved in the run
+    record = (run / "quantize.json").read_text()
     out = tmp_path / "bench.json"
     argv = ["bench", "inference", "--runs", str(run), "--episode", f"{fitted['episodes']}:0"]
     assert main([*argv, "--budget", "0", "--out", str(out)]) == 0
@@ -191,6 +192,7 @@ def test_bench_inference_scores_runs_on_their_episode(fitted, tmp_path, capsys):
     assert int8["size_ratio_vs_fp32"] < 0.5 and int8["speedup_latency_vs_fp32"] > 0
     assert fp32["latency_calls"] >= 50 and fp32["latency_ms_p95"] >= fp32["latency_ms_median"]
     assert result["settings"]["threads"] == 1 and not (run / "model.int8.onnx").exists()
+    assert (run / "quantize.json").read_text() == record
 
 
 def test_bench_inference_built_students_and_option_checks(capsys):

@@ -8,8 +8,8 @@ same machine load).
 
 The models are either
 - fit run folders (`runs`): their model.onnx, and their model.int8.onnx, or when a run has
-  none an int8 copy made here in a temporary folder exactly as `tinyshot quantize` would
-  (calibrated on the run's own images); or
+  none (or one older than its model.onnx) an int8 copy made here in a temporary folder exactly
+  as `tinyshot quantize` would (calibrated on the run's own images); or
 - students built here (`students`, name[@size]): Conv4 and ResNet12 with random weights,
   EfficientNet-Lite0 with its ImageNet weights, each with a random 5-way head and an int8 copy
   calibrated on random images. Speed does not depend on the weights' values; accuracy is '-'.
@@ -134,8 +134,11 @@ def run_models(
         model = BenchModel(f"{arch} ({run.name})", arch, str(run), run / MODEL_FILE, trained=True)
         if int8:
             model.int8 = run / INT8_MODEL_FILE
-            if not model.int8.is_file():
-                log.info("%s has no %s: quantizing a copy for this bench", run, INT8_MODEL_FILE)
+            fp32_time = model.fp32.stat().st_mtime
+            if not model.int8.is_file() or model.int8.stat().st_mtime < fp32_time:
+                why = "older than" if model.int8.is_file() else "missing beside"
+                log.info("%s: %s %s %s; quantizing a copy for this bench", run, INT8_MODEL_FILE,
+                         why, MODEL_FILE)  # fmt: skip
                 model.int8 = folder / f"run{i}.int8.onnx"
                 quantize_run(run, max_images, out=model.int8)
         out.append(model)

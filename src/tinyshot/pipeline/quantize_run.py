@@ -195,7 +195,8 @@ def quantize_run(
     activations: str = "uint8",
     out: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Write RUN_DIR/model.int8.onnx (or `out`) and RUN_DIR/quantize.json; returns the record."""
+    """Write RUN_DIR/model.int8.onnx and RUN_DIR/quantize.json, or only the int8 file at `out`
+    (the run folder untouched); returns the record."""
     from tinyshot.models.export import MODEL_FILE
     from tinyshot.models.quantize import (
         DEFAULT_CALIBRATION_IMAGES,
@@ -245,7 +246,8 @@ def quantize_run(
         "top1_agreement_with_fp32": {"fraction": agreement, "images": n},
         "notes": src.notes,
     }
-    write_json(run / QUANTIZE_RECORD, record)
+    if out is None:  # a copy elsewhere (benches) leaves the run folder as it was
+        write_json(run / QUANTIZE_RECORD, record)
     log.info(
         "wrote %s (%.2f MB, %.0f%% of fp32); top-1 agrees with fp32 on %.1f%% of the %d "
         "calibration images",
