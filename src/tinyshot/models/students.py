@@ -160,7 +160,8 @@ class EfficientNetLite0(nn.Module):
 
     Built for its input size (the network's static "same" padding is computed for it). No
     stochastic depth: it would draw from the global random generator in every training
-    forward, and distillation is reproducible only from its own seeded generators.
+    forward, which distillation and pretraining do not seed (they draw only from their own
+    seeded generators), so the same configuration would no longer give the same student.
     """
 
     def __init__(self, input_size: int = 96, pretrained: bool = True) -> None:
