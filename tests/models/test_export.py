@@ -101,3 +101,47 @@ def test_foreign_onnx_and_bad_checkpoint(tmp_path, capsys):
     )
     assert main(["export", str(ck), "--out", str(tmp_path / "o.onnx")]) == 2
     assert "not a student checkpoint" in capsys.readouterr().err
+
+
+def test_export_metadata_says_what_the_graph_does_to_its_input(tmp_path):
+    conv = export_onnx(_trained_like("conv4", 2, 16), tmp_path / "c.onnx", ["a", "b"])
+    meta = OnnxClassifier(conv).meta
+    norm = json.loads(meta["normalization"])
+    assert norm["mean"] == [0.485, 0.456, 0.406] and norm["std"] == [0.229, 0.224, 0.225]
+    assert (meta["input_channels"], meta["precision"], norm["grey_inside_graph"]) == (
+        "3",
+        "fp32",
+        False,
+    )
+    grey = export_onnx(build_student("conv4", 2, 16, in_channels=1).eval(), tmp_path / "g.onnx")
+    norm = json.loads(OnnxClassifier(grey).meta["normalization"])
+    assert norm["grey_inside_graph"] is True and len(norm["mean"]) == 1
+
+
+def test_efficientnet_lite0_exports_with_its_preprocessing_and_predicts_grey_images(
+    tmp_path, capsys
+):
+    """The mobile student's graph scales to [-1, 1] inside (metadata says so); a grey image
+    file is read as RGB with equal channels, exactly as its RGB copy."""
+    torch.manual_seed(0)
+    s = build_student("efficientnet-lite0", 3, 64).eval()
+    path = export_onnx(s, tmp_path / "lite0.onnx", ["cat", "dog", "fox"])  # parity checked
+    clf = OnnxClassifier(path)
+    assert (clf.arch, clf.input_size, clf.precision) == ("efficientnet-lite0", 64, "fp32")
+    assert json.loads(clf.meta["normalization"])["mean"] == [0.5, 0.5, 0.5]
+    assert clf.meta["num_parameters"] == str(3_371_008 + 1280 * 3 + 3)
+    rng = np.random.default_rng(0)
+    grey = Image.fromarray(rng.integers(0, 256, (40, 30), dtype=np.uint8), mode="L")
+    grey.save(tmp_path / "grey.png")
+    grey.convert("RGB").save(tmp_path / "rgb.png")
+    assert main(["predict", str(path), str(tmp_path / "grey.png"), "--json"]) == 0
+    (g,) = json.loads(capsys.readouterr().out)["results"]
+    assert main(["predict", str(path), str(tmp_path / "rgb.png"), "--json"]) == 0
+    (c,) = json.loads(capsys.readouterr().out)["results"]
+    assert g["top"] == c["top"]
+    from tinyshot.data.transforms import images_to_tensor
+
+    with torch.no_grad():
+        p = torch.softmax(s(images_to_tensor([grey.convert("RGB")], 64)), 1)[0]
+    assert g["top"][0]["class"] == ["cat", "dog", "fox"][int(p.argmax())]
+    assert abs(g["top"][0]["prob"] - float(p.max())) < 1e-4

@@ -83,3 +83,26 @@ def test_mismatched_checkpoints_are_refused(stripes, tmp_path):
         pretrain_student("conv4", stripes, _cfg(), tmp_path / "x.pt")
     with pytest.raises(ModelError, match="arch='conv4', expected arch='resnet12'"):
         pretrain_student("resnet12", stripes, _cfg(), tmp_path / "x.pt")
+
+
+def test_efficientnet_lite0_fine_tunes_from_imagenet_and_resumes_bit_exactly(stripes, tmp_path):
+    """The mobile student's base-class pretraining starts from its ImageNet weights (not a
+    random init), draws no random numbers outside its seeded generators (no stochastic
+    depth), so an interrupted run resumes to the same weights, and hands its backbone on."""
+    from tinyshot.models.efficientnet_lite import load_efficientnet_lite
+
+    cfg = _cfg(iterations=4, batch_size=4, input_size=32, checkpoint_every=2, log_every=2)
+    start = build_student("efficientnet-lite0", 6, 32)
+    imagenet = load_efficientnet_lite(0, 32)
+    assert torch.equal(start.backbone.net.net._conv_stem.weight, imagenet._conv_stem.weight)
+    full = pretrain_student("efficientnet-lite0", stripes, cfg, tmp_path / "a.pt")
+    pretrain_student("efficientnet-lite0", stripes, cfg, tmp_path / "b.pt", stop_after=2)
+    torch.manual_seed(99)
+    resumed = pretrain_student("efficientnet-lite0", stripes, cfg, tmp_path / "b.pt")
+    sa, sb = full.state_dict(), resumed.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not torch.equal(sa["backbone.net.net._conv_stem.weight"], imagenet._conv_stem.weight)
+    novel = load_pretrained_backbone(build_student("efficientnet-lite0", 5, 32), tmp_path / "a.pt")
+    assert torch.equal(
+        novel.backbone.state_dict()["net.net._bn1.weight"], sa["backbone.net.net._bn1.weight"]
+    )

@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "pretrain-student", help="pretrain a student backbone on base classes (CE + rotation)"
     )
     _dataset_args(p)
-    p.add_argument("--arch", choices=["conv4", "resnet12"], default="conv4")
+    p.add_argument("--arch", choices=["conv4", "resnet12", "efficientnet-lite0"], default="conv4")
     p.add_argument(
         "--out", required=True, help="cache folder (or a .pt path); reused when it exists"
     )

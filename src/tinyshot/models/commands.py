@@ -1,4 +1,5 @@
-"""CLI: predict with an exported student, export, and `tinyshot bench inference`."""
+"""CLI: predict with an exported student (fp32 or int8) and export a checkpoint to ONNX
+(`tinyshot bench inference` lives in pipeline.commands: it reads run folders and episodes)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "predict", help="classify image files or folders with an exported .onnx student"
     )
     p.add_argument(
-        "model", help="an .onnx file written by `tinyshot export` (or a distillation run)"
+        "model",
+        help="an .onnx file (fp32 or int8) written by `fit`, `export` or `quantize`, or a fit "
+        "run folder: its model.onnx, or model.int8.onnx with --int8",
     )
     p.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
     p.add_argument(
@@ -24,6 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--json", action="store_true", help="print one JSON document instead of lines")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="with a run folder: use its int8 model (model.int8.onnx, from `tinyshot quantize` "
+        "or `fit --quantize int8`)",
+    )
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("export", help="export a student checkpoint to ONNX (metadata included)")
@@ -34,27 +43,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--class-names", default=None, help="comma-separated names (default: the checkpoint's)"
     )
     p.set_defaults(func=_export)
-
-
-def register_bench(bench_sub: argparse._SubParsersAction) -> None:
-    p = bench_sub.add_parser("inference", help="student vs teacher inference throughput")
-    p.add_argument("--size", type=int, default=84, help="student input size (default 84)")
-    p.add_argument("--teacher-size", type=int, default=224)
-    p.add_argument("--batches", default="1,64", help="student batch sizes (default 1,64)")
-    p.add_argument("--teacher-batches", default="1,64")
-    p.add_argument(
-        "--vit-batches", default="1,8", help="batch sizes of the ViT teachers ('' to skip them)"
-    )
-    p.add_argument(
-        "--vits",
-        default="dino-vitb16,dinov2-small,dinov2-base",
-        help="ViT teachers to time (random weights, published configs, 224 px): "
-        "dino-vitb16, dinov2-small, dinov2-base",
-    )
-    p.add_argument("--budget", type=float, default=1.0, help="seconds of timing per cell")
-    p.add_argument("--threads", type=int, default=None, help="torch/onnxruntime threads")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_bench_inference)
 
 
 # ------------------------------------------------------------------------- handlers
@@ -84,6 +72,28 @@ def collect_images(items: list[str]) -> tuple[list[Path], list[dict[str, str]]]:
     return out, errors
 
 
+def model_path(model: str | Path, int8: bool = False) -> Path:
+    """The .onnx file `predict` runs: `model` itself, or a run folder's model.onnx
+    (model.int8.onnx with `int8`)."""
+    from tinyshot.errors import ModelError
+    from tinyshot.models.export import MODEL_FILE
+    from tinyshot.models.quantize import INT8_MODEL_FILE
+
+    path = Path(model)
+    if not path.is_dir():
+        if int8:
+            raise ModelError(
+                f"--int8 picks {INT8_MODEL_FILE} in a run folder, and {model} is not a folder; "
+                "pass the int8 .onnx file itself, or the run folder"
+            )
+        return path
+    name = INT8_MODEL_FILE if int8 else MODEL_FILE
+    if not (path / name).is_file():
+        hint = f"make it with `tinyshot quantize {model}`" if int8 else "is the fit finished?"
+        raise ModelError(f"{model}: the run folder has no {name} ({hint})")
+    return path / name
+
+
 def _predict(args: argparse.Namespace) -> int:
     """Classify every readable image; every bad path or file is named on stderr (and under
     "errors" with --json), and the exit status is 1 if there was any, 0 otherwise."""
@@ -92,7 +102,8 @@ def _predict(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise TinyshotError(f"--top-k must be >= 1, got {args.top_k}")
-    clf = OnnxClassifier(args.model)
+    model = model_path(args.model, args.int8)
+    clf = OnnxClassifier(model)
     files, errors = collect_images(args.images)
     images, ok = [], []
     for f in files:
@@ -115,9 +126,8 @@ def _predict(args: argparse.Namespace) -> int:
             }
         )
     if args.json:
-        print(
-            json.dumps({"model": str(args.model), "results": results, "errors": errors}, indent=2)
-        )
+        doc = {"model": str(model), "precision": clf.precision, "results": results}
+        print(json.dumps({**doc, "errors": errors}, indent=2))
     else:
         for r in results:
             print(f"{r['file']}\t" + "\t".join(f"{t['class']}\t{t['prob']:.4f}" for t in r["top"]))
@@ -144,24 +154,4 @@ def _export(args: argparse.Namespace) -> int:
         f"wrote {out} ({student.arch}, {student.num_classes} classes, {student.input_size} px; "
         f"max |torch - onnxruntime| = {parity(student, out):.1e})"
     )
-    return 0
-
-
-def _bench_inference(args: argparse.Namespace) -> int:
-    from tinyshot.models.export import format_table, run_inference_bench
-
-    def ints(s: str) -> list[int]:
-        return [int(v) for v in s.split(",") if v.strip()]
-
-    rows = run_inference_bench(
-        student_size=args.size,
-        teacher_size=args.teacher_size,
-        batches=ints(args.batches),
-        teacher_batches=ints(args.teacher_batches),
-        vit_batches=ints(args.vit_batches),
-        budget=args.budget,
-        threads=args.threads,
-        vits=[v.strip() for v in args.vits.split(",") if v.strip()],
-    )
-    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
     return 0

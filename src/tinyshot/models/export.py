@@ -1,9 +1,10 @@
 """ONNX export of a trained student and an onnxruntime classifier for deployment.
 
 The graph includes input normalisation, so preprocessing is only: RGB, resize to SxS
-(bicubic), scale to [0,1], NCHW float32. The model file carries that description, the class
-names, the input size and the architecture as ONNX metadata, so `tinyshot predict` needs
-nothing but the .onnx file.
+(bicubic), scale to [0,1], NCHW float32. The model file carries that description (and the
+mean/std the graph applies), the class names, the input size, the architecture and the
+precision as ONNX metadata, so `tinyshot predict` needs nothing but the .onnx file; an int8
+copy (models.quantize) carries the same metadata.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tinyshot.models.students import Student, count_parameters
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
+MODEL_FILE = "model.onnx"  # what `fit` writes in its run folder
 
 
 def preprocessing_text(size: int) -> str:
@@ -30,6 +32,18 @@ def preprocessing_text(size: int) -> str:
         f"RGB, resize to {size}x{size} bicubic, scale to [0,1], NCHW float32; "
         "normalisation inside the graph"
     )
+
+
+def normalization_meta(student: Student) -> dict[str, Any]:
+    """What the graph does to its [0,1] RGB input before the network: grey conversion (1-channel
+    students) and the per-channel mean/std (EfficientNet-Lite: 0.5/0.5, i.e. [-1, 1])."""
+    norm = student.backbone.normalize
+    return {
+        "mean": [round(float(v), 6) for v in norm.mean.flatten()],
+        "std": [round(float(v), 6) for v in norm.std.flatten()],
+        "network_channels": student.in_channels,
+        "grey_inside_graph": student.in_channels == 1,
+    }
 
 
 def export_onnx(
@@ -75,8 +89,11 @@ def export_onnx(
             "class_names": json.dumps(names),
             "input_size": str(s),
             "preprocessing": preprocessing_text(s),
+            "input_channels": "3",
+            "normalization": json.dumps(normalization_meta(student)),
             "arch": student.arch,
             "num_parameters": str(count_parameters(student)),
+            "precision": "fp32",
             "tinyshot_version": __version__,
         }
         del proto.metadata_props[:]
@@ -103,6 +120,15 @@ def parity(student: Student, path: str | Path, batch: int = 4, seed: int = 0) ->
         ref = student.eval().cpu()(x).numpy()
     got = OnnxClassifier(path).logits(x.numpy())
     return float(np.abs(ref - got).max())
+
+
+def preprocess_images(images: Sequence[Image.Image], size: int) -> np.ndarray:
+    """What `predict` does to images before the graph: RGB (grey images get three equal
+    channels), resize to size x size (PIL bicubic), scale to [0,1], NCHW float32. int8
+    calibration (models.quantize) prepares its images with this too."""
+    from tinyshot.data.transforms import images_to_tensor
+
+    return images_to_tensor([im.convert("RGB") for im in images], size).numpy()
 
 
 class OnnxClassifier:
@@ -135,6 +161,7 @@ class OnnxClassifier:
         self.class_names: list[str] = json.loads(meta["class_names"])
         self.input_size = int(meta["input_size"])
         self.arch = meta.get("arch", "")
+        self.precision = meta.get("precision", "fp32")  # models exported before int8: fp32
         self.input_name = self.session.get_inputs()[0].name
 
     def logits(self, x: np.ndarray) -> np.ndarray:
@@ -144,9 +171,7 @@ class OnnxClassifier:
         ]
 
     def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
-        from tinyshot.data.transforms import images_to_tensor
-
-        return images_to_tensor([im.convert("RGB") for im in images], self.input_size).numpy()
+        return preprocess_images(images, self.input_size)
 
     def predict(
         self, images: Sequence[Image.Image], batch_size: int = 64

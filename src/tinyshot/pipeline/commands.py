@@ -1,5 +1,6 @@
-"""CLI sub-commands of the pipeline stage: `demo`, `fit`, `benchmark` and `evaluate` (the
-pipeline's teacher over an episode file)."""
+"""CLI sub-commands of the pipeline stage: `demo`, `fit`, `quantize` (int8 copy of a fit's
+student), `benchmark`, `evaluate` (the pipeline's teacher over an episode file), and the
+`bench inference` and `bench scale` tables."""
 
 from __future__ import annotations
 
@@ -17,11 +18,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add this stage's sub-commands to the `tinyshot` parser."""
     _register_demo(sub)
     _register_fit(sub)
+    _register_quantize(sub)
+    _register_episode_folder(sub)
     _register_benchmark(sub)
     _register_evaluate(sub)
 
 
 def register_bench(bench_sub: argparse._SubParsersAction) -> None:
+    _register_bench_inference(bench_sub)
     p = bench_sub.add_parser(
         "scale",
         help="memory, disk and time of fit's stages at N synthetic images",
@@ -54,6 +58,153 @@ def _bench_scale(args: argparse.Namespace) -> int:
     return 0
 
 
+# Options of the former `bench inference` table, now `--table runtimes` (any of them picks it).
+RUNTIME_TABLE_OPTIONS = ("batches", "teacher_batches", "vit_batches", "vits", "teacher_size")
+
+
+def _register_bench_inference(bench_sub: argparse._SubParsersAction) -> None:
+    p = bench_sub.add_parser(
+        "inference",
+        help="per student and precision: size, latency, throughput, accuracy (fp32 vs int8)",
+        description="The deployment table (default): per student and precision (fp32, int8), "
+        "parameters, ONNX file size, batch-1 latency (median and p95 over repeated calls) and "
+        "batch-64 throughput on --threads onnxruntime threads (default 1), accuracy on an "
+        "episode's queries with --runs and --episode, and int8/fp32 ratios measured in the same "
+        "run. --table runtimes (or any of --batches, --teacher-batches, --vit-batches, --vits, "
+        "--teacher-size) prints the torch vs onnxruntime table of students and teachers "
+        "instead. docs/models.md, 'Deployment table'.",
+    )
+    p.add_argument(
+        "--table",
+        choices=["deploy", "runtimes"],
+        help="deploy (default) or runtimes (torch vs onnxruntime, students and teachers)",
+    )
+    d = p.add_argument_group("deploy table")
+    d.add_argument(
+        "--students",
+        help="students built here, NAME[@SIZE] comma-separated (default without --runs: "
+        "conv4,resnet12,efficientnet-lite0 at fit's sizes 32, 32, 96; random weights, "
+        "Lite0 with its ImageNet weights, so no accuracy)",
+    )
+    d.add_argument(
+        "--runs",
+        nargs="+",
+        metavar="RUN_DIR",
+        default=[],
+        help="fit run folders: their model.onnx and model.int8.onnx (quantized here, not "
+        "saved, when a run has none)",
+    )
+    d.add_argument(
+        "--episode",
+        metavar="FILE[:INDEX]",
+        help="accuracy of the --runs models on this episode's queries (episode 0 by default); "
+        "the runs must be fits on its supports (`tinyshot episode-folder`)",
+    )
+    d.add_argument("--root", help="dataset folder for --episode (overrides the file's)")
+    d.add_argument("--precisions", default="fp32,int8", help="fp32, int8 or both (default)")
+    d.add_argument(
+        "--calibration-images",
+        type=int,
+        help="int8 copies made here for runs: calibration images (default 500)",
+    )
+    d.add_argument("--out", help="also write the results as JSON to this file")
+    r = p.add_argument_group("runtimes table (the former default)")
+    r.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="student input size (runtimes: default 84; deploy: every built student's)",
+    )
+    r.add_argument("--teacher-size", type=int, default=None, help="default 224")
+    r.add_argument("--batches", default=None, help="student batch sizes (default 1,64)")
+    r.add_argument("--teacher-batches", default=None, help="default 1,64")
+    r.add_argument(
+        "--vit-batches", default=None, help="batch sizes of the ViT teachers ('' to skip them)"
+    )
+    r.add_argument(
+        "--vits",
+        default=None,
+        help="ViT teachers to time (random weights, published configs, 224 px): "
+        "dino-vitb16, dinov2-small, dinov2-base (default: all three)",
+    )
+    p.add_argument("--budget", type=float, default=1.0, help="seconds of timing per cell")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="onnxruntime/torch threads (deploy: default 1; runtimes: default all)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.set_defaults(func=_bench_inference)
+
+
+def _bench_inference(args: argparse.Namespace) -> int:
+    runtimes = any(getattr(args, k) is not None for k in RUNTIME_TABLE_OPTIONS)
+    table = args.table or ("runtimes" if runtimes else "deploy")
+    if table == "runtimes":
+        return _bench_runtimes(args)
+    if runtimes:
+        given = [f"--{k.replace('_', '-')}" for k in RUNTIME_TABLE_OPTIONS if getattr(args, k)]
+        raise ConfigError(
+            f"{', '.join(given)}: options of --table runtimes, not of the deploy table"
+        )
+    from tinyshot.pipeline.deploy_bench import (
+        DEFAULT_STUDENTS,
+        format_deploy_table,
+        parse_students,
+        run_deploy_bench,
+        write_result,
+    )
+
+    spec = args.students if args.students is not None else "" if args.runs else DEFAULT_STUDENTS
+    students = parse_students(spec, args.size) if spec else []
+    result = run_deploy_bench(
+        students=students,
+        runs=args.runs,
+        precisions=[p.strip() for p in args.precisions.split(",") if p.strip()],
+        episode=args.episode,
+        root=args.root,
+        threads=args.threads or 1,
+        budget=args.budget,
+        calibration_images=args.calibration_images,
+    )
+    print(json.dumps(result, indent=2) if args.json else format_deploy_table(result))
+    if args.out:
+        print(f"results: {write_result(result, args.out)}")
+    return 0
+
+
+def _bench_runtimes(args: argparse.Namespace) -> int:
+    from tinyshot.models.export import format_table, run_inference_bench
+
+    deploy = {"--students": args.students, "--runs": args.runs, "--episode": args.episode}
+    given = [k for k, v in deploy.items() if v]
+    if given:
+        raise ConfigError(
+            f"{', '.join(given)}: options of the deploy table, not of --table runtimes"
+        )
+
+    def ints(s: str | None, default: str) -> list[int]:
+        return [int(v) for v in (default if s is None else s).split(",") if v.strip()]
+
+    rows = run_inference_bench(
+        student_size=args.size or 84,
+        teacher_size=args.teacher_size or 224,
+        batches=ints(args.batches, "1,64"),
+        teacher_batches=ints(args.teacher_batches, "1,64"),
+        vit_batches=ints(args.vit_batches, "1,8"),
+        budget=args.budget,
+        threads=args.threads,
+        vits=[
+            v.strip()
+            for v in (args.vits or "dino-vitb16,dinov2-small,dinov2-base").split(",")
+            if v.strip()
+        ],
+    )
+    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    return 0
+
+
 # ------------------------------------------------------------------ demo and fit
 
 
@@ -73,8 +224,15 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
         "+ Lite1 at 240 px: fit's default without --base; docs/models.md), 'efficientnet-lite0', "
         "'dino-vitb16', 'dinov2-small', 'dinov2-base', a DINO ViT or DINOv2 folder or hub id",
     )
-    g.add_argument("--student", choices=["conv4", "resnet12"], help="student architecture")
-    g.add_argument("--image-size", type=int, help="student input size in pixels")
+    g.add_argument(
+        "--student",
+        choices=["conv4", "resnet12", "efficientnet-lite0"],
+        help="student architecture (default conv4; efficientnet-lite0: ImageNet weights, 96 px "
+        "and a short base-class fine-tune unless set; docs/models.md)",
+    )
+    g.add_argument(
+        "--image-size", type=int, help="student input size in pixels (default 32; Lite0 96)"
+    )
     g.add_argument("--synthetic", type=int, help="synthetic images per class")
     g.add_argument("--alpha", type=float, help="TINT noise blend in [0, 1] (paper: 1)")
     g.add_argument("--ti-steps", type=int, help="textual inversion iterations (paper: 5000)")
@@ -207,6 +365,11 @@ def _register_fit(sub: argparse._SubParsersAction) -> None:
         help="keep N support images per class out of every training stage and report student "
         "and teacher accuracy on them (an estimate from few real images; default 0)",
     )
+    p.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="after export, also write RUN_DIR/model.int8.onnx (what `tinyshot quantize` does)",
+    )
     _add_pipeline_options(p)
     p.set_defaults(func=cmd_fit)
 
@@ -214,6 +377,7 @@ def _register_fit(sub: argparse._SubParsersAction) -> None:
 def cmd_fit(args: argparse.Namespace) -> int:
     from tinyshot.pipeline.config import PipelineConfig
     from tinyshot.pipeline.fit import fit, fit_teacher_defaults
+    from tinyshot.pipeline.quantize_run import quantize_run
 
     raw = read_config_file(args.config) if args.config else {}
     pipe = _pipeline_overrides(args, raw)
@@ -232,12 +396,80 @@ def cmd_fit(args: argparse.Namespace) -> int:
         holdout=args.holdout,
     )
     print(f"model:   {summary['model']}")
+    if args.quantize:
+        print(_quantized_line(quantize_run(args.out)))
     print(f"classes: {', '.join(summary['classes'])}")
     print(f"report:  {Path(args.out) / 'report.html'}")
     for line in health_lines(summary.get("health", {})):
         print(line)
     print(f"predict: tinyshot predict {summary['model']} IMAGES...")
     return 0
+
+
+def _register_quantize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "quantize",
+        help="write an int8 copy of a fit run's model (RUN_DIR/model.int8.onnx)",
+        description="onnxruntime static quantization (QDQ, int8 weights per channel, uint8 "
+        "activations) of RUN_DIR/model.onnx, calibrated on the run's own supports and "
+        "synthetic images (never held-out supports), prepared as `predict` prepares images. "
+        "Writes RUN_DIR/model.int8.onnx and RUN_DIR/quantize.json; `tinyshot predict RUN_DIR "
+        "--int8 IMAGES` uses it. docs/models.md, 'int8'.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a finished `tinyshot fit` run folder")
+    p.add_argument(
+        "--calibration-images",
+        type=int,
+        default=None,
+        metavar="N",
+        help="use at most N images, supports first (default 500)",
+    )
+    p.add_argument(
+        "--activations",
+        choices=["uint8", "int8"],
+        default="uint8",
+        help="uint8 (default; the x86 fast path) or int8 (x86 CPUs without VNNI, ARM)",
+    )
+    p.set_defaults(func=cmd_quantize)
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from tinyshot.pipeline.quantize_run import quantize_run
+
+    print(_quantized_line(quantize_run(args.run_dir, args.calibration_images, args.activations)))
+    return 0
+
+
+def _register_episode_folder(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "episode-folder",
+        help="write an episode's supports as class folders (a `fit` DATA_DIR)",
+        description="Write the support images of one episode of an episode file as one folder "
+        "per class, so `tinyshot fit` can train on exactly that episode and `tinyshot bench "
+        "inference --runs RUN_DIR --episode FILE[:INDEX]` can score the result on its queries "
+        "(which are not written).",
+    )
+    p.add_argument("episode", metavar="FILE[:INDEX]", help="episode file, episode 0 by default")
+    p.add_argument("--out", required=True, help="a new (or empty) folder")
+    p.add_argument("--root", help="dataset folder (overrides the episode file's)")
+    p.set_defaults(func=cmd_episode_folder)
+
+
+def cmd_episode_folder(args: argparse.Namespace) -> int:
+    from tinyshot.pipeline.deploy_bench import write_episode_supports
+
+    print(f"supports: {write_episode_supports(args.episode, args.out, args.root)}")
+    return 0
+
+
+def _quantized_line(record: dict[str, Any]) -> str:
+    agree = record["top1_agreement_with_fp32"]
+    cal = record["calibration"]
+    return (
+        f"int8:    {record['int8_model']} ({100 * record['size_ratio']:.0f}% of fp32's size; "
+        f"calibrated on {cal['supports']} support + {cal['synthetic']} synthetic images, "
+        f"top-1 agrees with fp32 on {100 * agree['fraction']:.1f}% of them)"
+    )
 
 
 def health_lines(health: dict[str, Any]) -> list[str]:

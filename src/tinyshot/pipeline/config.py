@@ -134,9 +134,16 @@ class PipelineConfig:
         if unknown:
             raise ConfigError(f"unknown config key(s) {unknown}; known: {sorted(known)}")
         base = cls()
+        # Keys left out take the named student's own defaults first (models.students
+        # .STUDENT_CONFIG_DEFAULTS: EfficientNet-Lite0's input size and shorter pretraining).
+        from tinyshot.models.students import student_defaults
+
         merged: dict[str, Any] = {}
-        for k, v in d.items():
+        for k, v in student_defaults(str(d.get("student", base.student))).items():
             cur = getattr(base, k)
+            merged[k] = {**cur, **v} if isinstance(cur, dict) else v
+        for k, v in d.items():
+            cur = merged.get(k, getattr(base, k))
             merged[k] = {**cur, **v} if isinstance(cur, dict) and isinstance(v, dict) else v
         return cls(**merged).validate()
 

@@ -11,6 +11,8 @@ where it stopped):
     student_images/*.npy    the synthetic images at the student's size, memory-mapped
     student/                distillation checkpoints, history.json (curves), result.json
     model.onnx              the exported student (preprocessing in its metadata)
+    model.int8.onnx         with --quantize int8 or `tinyshot quantize`: its int8 copy, and
+    quantize.json           its calibration images and agreement with fp32 (pipeline.quantize_run)
     report.html             generated samples, alpha sweep, training curve
     fit.json                summary: timings, sizes, where everything is
     health.json             synthetic-data health per class + real-image estimate (evaluation.health)
