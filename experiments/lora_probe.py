@@ -112,6 +112,11 @@ def main() -> None:
     p.add_argument("out", type=Path)
     p.add_argument("--lora", nargs="+", default=["400:1e-4", "400:1e-3", "1000:1e-3"])
     p.add_argument("--episode", type=int, default=0, help="which tuning episode (seed 1000)")
+    p.add_argument(
+        "--option", action="append", default=[], metavar="KEY=JSON",
+        help="another LoraTrainConfig value for every --lora setting (e.g. unet_convs=true); "
+        "named in the setting",
+    )  # fmt: skip
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument(
         "--extra-guidance", type=float, nargs="*", default=[],
@@ -161,11 +166,18 @@ def main() -> None:
                 "seconds": time.perf_counter() - t0})  # fmt: skip
     for s in a.lora:
         steps, lr = int(s.split(":")[0]), float(s.split(":")[1])
-        name = f"lora{steps}-lr{lr:g}"
+        extra = {k: json.loads(v) for k, v in (o.split("=", 1) for o in a.option)}
+        name = f"lora{steps}-lr{lr:g}" + "".join(f"-{k}={v}" for k, v in extra.items())
         if name in done:
             continue
         cfg = LoraTrainConfig.from_dict(
-            {**config.lora, "steps": steps, "lr": lr, "seed": derive_seed(ep_seed, "lora") % 2**31}
+            {
+                **config.lora,
+                **extra,
+                "steps": steps,
+                "lr": lr,
+                "seed": derive_seed(ep_seed, "lora") % 2**31,
+            }
         )
         t0 = time.perf_counter()
         folder = a.out / name / "lora"

@@ -54,12 +54,15 @@ def test_lora_parameter_counts_are_exact():
     attention (4 projections C -> C) and cross-attention from the 32-wide text (q, out: C -> C;
     k, v: 32 -> C): r (14 C + 64) per block = 512 r and 960 r, 5376 r in all. The pixel model
     has only the four width-64 blocks (3840 r); the 2-layer, 32-wide text encoder 4 x 64 r per
-    layer (512 r)."""
+    layer (512 r). `unet_convs` adds r (9 in + out) per 3x3 ResNet conv (A: r x in x 3 x 3,
+    B: out x r): the latent UNet's 16 convs sum to 9760 r (down 32->32, 32->32, 32->64, 64->64;
+    mid 4 x 64->64; up 128->64, 64->64, 96->64, 64->64, 96->32, 32->32, 64->32, 32->32)."""
     latent = build_tiny_diffusion_model(seed=0)
     before = _probe(latent)
     assert lora_parameter_count(latent, LoraTrainConfig(rank=4)) == 21504
     assert lora_parameter_count(latent, LoraTrainConfig(rank=4, text_encoder=True)) == 23552
     assert lora_parameter_count(latent, LoraTrainConfig(rank=16)) == 86016
+    assert lora_parameter_count(latent, LoraTrainConfig(rank=4, unet_convs=True)) == 21504 + 39040
     assert torch.equal(_probe(latent), before)  # counting leaves no adapter behind
     assert not any("lora" in n for n, _ in latent.unet.named_parameters())
     pixel = build_tiny_diffusion_model(pixel_space=True, image_size=16, seed=0)
@@ -75,6 +78,13 @@ def test_lora_parameter_counts_are_exact():
     assert lora_parameter_count(sd, LoraTrainConfig(rank=4)) == 797_184
     assert lora_parameter_count(sd, LoraTrainConfig(rank=4, text_encoder=True)) == 1_092_096
     assert lora_parameter_count(sd, LoraTrainConfig(rank=16)) == 3_188_736
+
+
+def test_an_option_added_later_keeps_older_folders_resuming():
+    """A folder claimed before `unet_convs` existed has no such key in its fingerprint: at the
+    default the key is left out (so it still matches), set it is in."""
+    assert "unet_convs" not in lora_mod.fingerprinted(LoraTrainConfig())
+    assert lora_mod.fingerprinted(LoraTrainConfig(unet_convs=True))["unet_convs"] is True
 
 
 def test_cosine_schedule_with_warmup():
@@ -138,10 +148,12 @@ def test_lora_resumes_bit_exactly_after_an_interrupted_run(tmp_path, monkeypatch
     assert torch.equal(*tok)
 
 
-def test_a_users_diffusers_pipeline_loads_the_lora_and_tokens(tmp_path):
+@pytest.mark.parametrize("unet_convs", [False, True])
+def test_a_users_diffusers_pipeline_loads_the_lora_and_tokens(tmp_path, unet_convs):
     """StableDiffusionPipeline.load_lora_weights(folder) + load_textual_inversion on a copy of
     the base model: its text encoder and UNet compute what our adapted model computes. Rank 4
-    with alpha 8 (scale 2): the adapter metadata carries alpha."""
+    with alpha 8 (scale 2): the adapter metadata carries alpha; with `unet_convs` the
+    ResNet convs' LoRA loads too."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     m = build_tiny_diffusion_model(seed=7)
@@ -149,9 +161,12 @@ def test_a_users_diffusers_pipeline_loads_the_lora_and_tokens(tmp_path):
     from tinyshot.data.transforms import tensor_to_pil
 
     pil = [[tensor_to_pil(x) for x in cls] for cls in images]
-    cfg = LoraTrainConfig(steps=8, lr=2e-2, rank=4, alpha=8, warmup_steps=0, text_encoder=True)
+    cfg = LoraTrainConfig(
+        steps=8, lr=2e-2, rank=4, alpha=8, warmup_steps=0, text_encoder=True, unet_convs=unet_convs
+    )
     res = specialize_lora(m, pil, ["cat", "dog"], cfg, tmp_path / "lora", SAMPLING)
     w = _weights(res.folder)
+    assert any(".conv1." in k for k in w) == unet_convs
     assert all(v.dtype == torch.float32 for v in w.values())
     assert {k.split(".")[0] for k in w} == {"unet", "text_encoder"}
 

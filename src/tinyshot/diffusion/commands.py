@@ -79,7 +79,8 @@ def _register_specialize_lora(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "specialize-lora",
         help="LoRA fine-tuning of a diffusion model on a class-per-folder set (DataDream)",
-        description="LoRA on the UNet's attention (and optionally the text encoder's) with one "
+        description="LoRA on the UNet's attention (optionally also its ResNet convolutions and the "
+        "text encoder's attention) with one "
         "learned token per class (or the class names), all classes jointly; writes "
         "OUT/pytorch_lora_weights.safetensors (diffusers' format: "
         "StableDiffusionPipeline.load_lora_weights(OUT) loads it) and the tokens. --invert adds "
@@ -98,6 +99,8 @@ def _register_specialize_lora(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rank", type=int, default=None, help=f"LoRA rank (default {d.rank})")
     p.add_argument("--text-encoder", action="store_true", default=None,
                    help="LoRA on the text encoder's attention too")  # fmt: skip
+    p.add_argument("--unet-convs", action="store_true", default=None,
+                   help="LoRA on the UNet's ResNet convolutions too (where it draws shapes)")  # fmt: skip
     p.add_argument("--prompt", choices=["token", "name"], default=None,
                    help="a learned token per class (default) or the class (folder) name")  # fmt: skip
     p.add_argument("--invert", action="store_true", help="null-text inversion (lora-tint)")
@@ -207,6 +210,7 @@ def _specialize_lora(args: argparse.Namespace) -> int:
         "lr": args.lr,
         "rank": args.rank,
         "text_encoder": args.text_encoder,
+        "unet_convs": args.unet_convs,
         "prompt": args.prompt,
         "seed": args.seed,
     }

@@ -3,8 +3,9 @@ ECCV 2024), for classes the generator cannot draw, where textual inversion only 
 word in a text space the generator never learned for them.
 
 What is trained, all classes jointly in one run:
-- LoRA (peft) on the UNet's attention projections (to_q, to_k, to_v, to_out.0) and,
-  optionally, on the text encoder's (q_proj, k_proj, v_proj, out_proj);
+- LoRA (peft) on the UNet's attention projections (to_q, to_k, to_v, to_out.0), optionally
+  on its ResNet blocks' convolutions (conv1, conv2: `unet_convs`) and on the text encoder's
+  attention (q_proj, k_proj, v_proj, out_proj);
 - with `prompt: token` (default), one placeholder token per class, `<tinyshot-lora-i>` in the
   caption template ("a photo of an <tinyshot-lora-i>"), initialised from `object` and trained
   together with the LoRA weights; with `prompt: name`, the class name ("a photo of a sandal",
@@ -88,6 +89,9 @@ from tinyshot.utils.seed import derive_seed
 log = get_logger("diffusion.lora")
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+# The UNet's ResNet-block convolutions (`unet_convs`): where a UNet decides shapes and layout,
+# which attention-only LoRA leaves as the base model drew them.
+UNET_CONV_TARGETS = ("conv1", "conv2")
 TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 PROMPTS = ("token", "name")
 WEIGHTS = "pytorch_lora_weights.safetensors"
@@ -112,6 +116,7 @@ class LoraTrainConfig:
     batch_size: int = 2
     weight_decay: float = 1e-2
     text_encoder: bool = False  # LoRA on the text encoder's attention too
+    unet_convs: bool = False  # LoRA on the UNet's ResNet-block convolutions too
     prompt: str = "token"  # "token": a learned token per class; "name": the class name
     init_token: str = "object"
     prompt_template: str | None = None  # None: the model's caption template
@@ -154,6 +159,16 @@ class LoraTrainConfig:
 
 # How often to checkpoint changes no result (resume is bit-exact), so a resume may change it.
 NOT_FINGERPRINTED = ("checkpoint_every", "checkpoint_seconds")
+# Options added later, left out of the fingerprint at their default so that folders made
+# before them keep resuming.
+ADDED_LATER = {"unet_convs": False}
+
+
+def fingerprinted(cfg: LoraTrainConfig) -> dict[str, Any]:
+    d = {k: v for k, v in cfg.to_dict().items() if k not in NOT_FINGERPRINTED}
+    return {k: v for k, v in d.items() if k not in ADDED_LATER or v != ADDED_LATER[k]}
+
+
 # The SpecializeConfig fields the LoRA folder depends on: sampling settings recorded for the
 # sampler, and the inversion through the adapted model (lora-tint).
 SAMPLING_FIELDS = (
@@ -203,7 +218,7 @@ def add_adapters(
     come from the config's seed, not the global RNG."""
     from peft import inject_adapter_in_model
 
-    parts = [("unet", model.unet, UNET_TARGETS)]
+    parts = [("unet", model.unet, unet_targets(cfg))]
     if cfg.text_encoder:
         parts.append(("text_encoder", model.text_encoder, TEXT_ENCODER_TARGETS))
     named = []
@@ -217,6 +232,10 @@ def add_adapters(
                     p.requires_grad_(True)
                     named.append((f"{prefix}.{n}", p))
     return named
+
+
+def unet_targets(cfg: LoraTrainConfig) -> tuple[str, ...]:
+    return UNET_TARGETS + (UNET_CONV_TARGETS if cfg.unet_convs else ())
 
 
 def remove_adapters(model: DiffusionModel) -> None:
@@ -554,7 +573,7 @@ def specialize_lora(
     t0 = time.perf_counter()
     latents, digest = prepare_support_latents(model, images_per_class, spec)
     fp = {
-        "config": {k: v for k, v in cfg.to_dict().items() if k not in NOT_FINGERPRINTED},
+        "config": fingerprinted(cfg),
         "sampling": {k: getattr(spec, k) for k in SAMPLING_FIELDS},
         **inputs_fingerprint(model, class_names, [len(x) for x in images_per_class], digest),
     }
@@ -621,7 +640,7 @@ def _train_and_record(
         },
         "model_id": model.model_id,
         "targets": {
-            "unet": list(UNET_TARGETS),
+            "unet": list(unet_targets(cfg)),
             "text_encoder": list(TEXT_ENCODER_TARGETS) if cfg.text_encoder else [],
         },
         "parameters": None,
