@@ -83,6 +83,8 @@ def merge_run(run_dir: Path, per: dict[int, dict[str, Any]], sources: dict) -> d
         ep = per.setdefault(r["index"], {})
         for m, v in r["methods"].items():
             new = {"accuracy": v["accuracy"], "queries": v["queries"]}
+            if (v.get("health") or {}).get("agreement") is not None:
+                new["agreement"] = v["health"]["agreement"]
             if m in ep and ep[m].get("documented"):
                 rerun.setdefault(m, []).append(new["accuracy"] - ep[m]["accuracy"])
             ep[m] = new
@@ -122,6 +124,7 @@ def main() -> None:
     p.add_argument("runs", nargs="*", type=Path, help="benchmark run folders of this world")
     p.add_argument("--rows", type=Path, default=ROWS)
     p.add_argument("--json", type=Path, required=True)
+    p.add_argument("--markdown", action="store_true", help="also print the docs' tables")
     a = p.parse_args()
 
     per, agreement, sources = documented(a.world, a.rows)
@@ -136,7 +139,7 @@ def main() -> None:
         {
             "index": i,
             "methods": {
-                m: {k: per[i][m][k] for k in ("accuracy", "queries")}
+                m: {k: v for k, v in per[i][m].items() if k != "documented"}
                 for m in methods
                 if m in per[i]
             },
@@ -175,6 +178,27 @@ def main() -> None:
                 f"{d['a']} - {d['b']}: {100 * d['mean_difference']:+.2f} +- "
                 f"{pc(d['half_width'])} (P={d['episodes']})"
             )
+    if a.markdown:
+        print(markdown(out))
+
+
+def markdown(out: dict[str, Any]) -> str:
+    """The per-episode table of the methods measured in runs (those with agreement figures),
+    support+base beside them."""
+    new = [m for m in out["methods"] if m.startswith("lora")]
+    cols = ["support+base", *new]
+    lines = [
+        "| episode | " + " | ".join(cols) + " | agreement " + " / ".join(new) + " % |",
+        "|---" * (len(cols) + 2) + "|",
+    ]
+    for r in out["per_episode"]:
+        ms = r["methods"]
+        if not all(m in ms for m in new):
+            continue
+        acc = [f"{100 * ms[m]['accuracy']:.2f}" for m in cols]
+        ag = [f"{100 * ms[m]['agreement']:.0f}" for m in new]
+        lines.append(f"| {r['index']} | " + " | ".join(acc) + " | " + " / ".join(ag) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
