@@ -434,17 +434,23 @@ def test_memorisation_flags_copies_of_the_supports_and_not_new_images():
     assert near_copy_share(torch.zeros(3), None) is None
 
 
-def test_remedy_offers_the_lora_method_unless_it_is_the_one_failing():
+def test_remedy_offers_lora_dafusion_unless_it_is_the_one_failing():
+    """The LoRA method that keeps the class where the generator cannot draw it (img2img
+    through the adapted model) is offered, also to a failing `lora` or `lora-tint` class;
+    a failing lora-dafusion class is offered more LoRA steps."""
     from tinyshot.cli import build_parser
 
-    assert "--method lora (LoRA adapts" in remedy(fit=True, has_base=True)
-    assert "--method lora (LoRA adapts" in remedy(fit=True, has_base=False, method="tint")
-    again = remedy(fit=True, has_base=False, method="lora")
+    assert "--method lora-dafusion (LoRA adapts" in remedy(fit=True, has_base=True)
+    assert "--method lora-dafusion (LoRA" in remedy(fit=True, has_base=False, method="tint")
+    assert "--method lora-dafusion" in remedy(fit=True, has_base=False, method="lora")
+    again = remedy(fit=True, has_base=False, method="lora-dafusion")
     assert "--method lora" not in again and "more --lora-steps" in again
-    assert "the lora method" in remedy() and "the lora method" in remedy(method="ti")
-    assert "train the LoRA longer" in remedy(method="lora-tint")
+    assert "the lora-dafusion method" in remedy() and "the lora-dafusion method" in remedy(
+        method="lora-tint"
+    )
+    assert "train the LoRA longer" in remedy(method="lora-dafusion")
     parser = build_parser()
-    parser.parse_args(["fit", "d", "--out", "o", "--method", "lora", "--lora-steps", "50"])
+    parser.parse_args(["fit", "d", "--out", "o", "--method", "lora-dafusion", "--lora-steps", "50"])
 
 
 def test_lora_methods_read_their_own_specialization_figures(tmp_path):
@@ -477,6 +483,6 @@ def test_lora_methods_read_their_own_specialization_figures(tmp_path):
     assert by[("ti", "dog")].ti_relative_drop == pytest.approx(0.001)
     assert any("textual inversion support loss" in p for p in by[("ti", "dog")].problems)
     assert not any("support loss" in p for p in by[("lora", "dog")].problems)
-    # the failing TI class is offered the LoRA method; the failing LoRA class more training
-    assert "the lora method" in by[("ti", "dog")].problems[0]
-    assert "train the LoRA longer" in by[("lora", "dog")].problems[0]
+    # a failing class is offered lora-dafusion, a failing lora-dafusion class more training
+    assert "the lora-dafusion method" in by[("ti", "dog")].problems[0]
+    assert "the lora-dafusion method" in by[("lora", "dog")].problems[0]
