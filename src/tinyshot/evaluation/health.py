@@ -116,8 +116,9 @@ OFFLINE_DRAWS = "the shipped offline generators draw only Fashion-MNIST clothing
 
 # The LoRA method offered for a class a generator does not draw: LoRA on the supports, then
 # img2img edits of them through the adapted model. In the concept-unknown world its images
-# keep their class (teacher agreement 91-96% per episode) where fresh noise through the same
-# LoRA (`lora`, `lora-tint`) stays at 35-56% (docs/results.md, "LoRA: 10 test-split episodes").
+# keep their class (teacher agreement 86-98% per episode) where fresh noise through the same
+# LoRA (`lora`, `lora-tint`) stays at 35-56% (docs/results.md, "LoRA in the concept-unknown
+# world: the test-split episodes").
 LORA_REMEDY = "lora-dafusion"
 
 
