@@ -28,7 +28,7 @@ from tinyshot.models.quantize import DEFAULT_CALIBRATION_IMAGES, quantize_onnx
 from tinyshot.models.students import load_student
 from tinyshot.pipeline.config import GENERATORS, PipelineConfig, generator_prep
 from tinyshot.pipeline.deploy_bench import episode_accuracy, load_episode_queries, read_episode
-from tinyshot.pipeline.quantize_run import _unframe
+from tinyshot.pipeline.quantize_run import unframe
 from tinyshot.utils.io import read_json, write_json
 
 
@@ -48,7 +48,7 @@ def calibration_images(work: Path, method: str, episode: str) -> Iterator[Image.
     for paths in itertools.zip_longest(*per_class.values()):
         for p in paths:
             if p is not None:
-                yield _unframe(Image.open(p).convert("RGB"), prep)
+                yield unframe(Image.open(p).convert("RGB"), prep)
 
 
 def main() -> None:

@@ -56,10 +56,10 @@ class RunImages:
         for path, synthetic in itertools.islice(listed, limit):
             self.read.append(path)
             im = open_rgb(path, min_side=1)  # fit has checked the supports' sizes
-            yield _unframe(im, self.prep) if synthetic else im
+            yield unframe(im, self.prep) if synthetic else im
 
 
-def _unframe(im: Image.Image, prep: ImagePrep | None) -> Image.Image:
+def unframe(im: Image.Image, prep: ImagePrep | None) -> Image.Image:
     """A generated image without the generator's pad frame (pipeline.synthetic's crop)."""
     if prep is None:
         return im
