@@ -59,6 +59,21 @@ def _terminate(proc: subprocess.Popen) -> tuple[int, str]:
     return proc.returncode, err
 
 
+def _stop_until(argv: list[str], log: Path, started: str, done) -> None:
+    """Start the CLI, SIGTERM it a while after `started` appears in its log, and again with a
+    longer wait (2, 8, 30 s) until `done()`: under load a fixed wait can stop a run before its
+    first step, which has nothing to keep."""
+    for attempt, wait in enumerate((2.0, 8.0, 30.0), start=1):
+        proc = _start(argv)
+        _wait_for(log, started, proc, count=attempt)
+        time.sleep(wait)
+        rc, err = _terminate(proc)
+        assert rc == 143, err
+        assert f"{argv[0]}: interrupted; finished work is kept, rerun to resume" in err
+        if done():
+            return
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_sigterm_keeps_ti_state_and_rerun_resumes(tmp_path):
     model = build_tiny_diffusion_model(seed=11).save(tmp_path / "tiny-sd")
@@ -73,31 +88,18 @@ def test_sigterm_keeps_ti_state_and_rerun_resumes(tmp_path):
             "--ti-steps", "1000000", "--upscale", "bilinear", "--inversion", "npi"]  # fmt: skip
     log = out / "log.txt"
 
+    def kept_step() -> int:
+        state = out / "ti_state.pt"
+        return torch.load(state, weights_only=True)["step"] if state.is_file() else 0
+
     # A run stopped before its first TI step has nothing to keep (under load the set-up can
-    # outlast a fixed wait: no ti_state.pt once, in a fresh-clone CI), so a longer wait is
-    # tried before that counts as a failure.
-    for attempt, wait in enumerate((2.0, 8.0, 30.0), start=1):
-        proc = _start(argv)
-        _wait_for(log, r"textual inversion: 2 classes", proc, count=attempt)
-        time.sleep(wait)
-        rc, err = _terminate(proc)
-        assert rc == 143, err
-        assert "specialize: interrupted; finished work is kept, rerun to resume" in err
-        if (out / "ti_state.pt").is_file():
-            break
-    first = torch.load(out / "ti_state.pt", weights_only=True)["step"]
+    # outlast a fixed wait: no ti_state.pt once, in a fresh-clone CI).
+    _stop_until(argv, log, r"textual inversion: 2 classes", lambda: kept_step() >= 1)
+    first = kept_step()
     assert first >= 1
     assert f"interrupted, step {first}/1000000 kept" in log.read_text()
 
-    # The rerun resumes at the kept step and goes on from it. A run stopped before its first
-    # step keeps the same step (under load, the set-up after the resume line can outlast a
-    # fixed wait: 23 -> 23 once), so a longer wait is tried before that counts as a failure.
-    for attempt, wait in enumerate((2.0, 8.0, 30.0), start=1):
-        proc = _start(argv)
-        _wait_for(log, rf"resuming at step {first}/1000000", proc, count=attempt)
-        time.sleep(wait)
-        rc, err = _terminate(proc)
-        assert rc == 143, err
-        if torch.load(out / "ti_state.pt", weights_only=True)["step"] > first:
-            break
+    # The rerun resumes at the kept step and goes on from it (a run stopped before its first
+    # step keeps the same step: 23 -> 23 once, under load).
+    _stop_until(argv, log, rf"resuming at step {first}/1000000", lambda: kept_step() > first)
     assert torch.load(out / "ti_state.pt", weights_only=True)["step"] > first
