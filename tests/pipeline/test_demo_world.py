@@ -97,3 +97,23 @@ def test_judged_synthetic_labels_real_images_as_their_class(tmp_path):
     assert share["images"] == {"Sandal": 40, "Bag": 40} and share["chance"] == 0.1
     assert min(share["per_class"].values()) >= 0.85
     assert (tmp_path / "judged.json").is_file()
+
+
+def test_demo_runs_lora_dafusion_at_each_worlds_budget():
+    """The known world's LoRA budget is the demo's short one (the generator draws the classes by
+    name already); the unknown world keeps the pipeline's; a preset, file or flag wins."""
+    from tinyshot.pipeline.demo import DEMO_METHODS
+    from tinyshot.presets import preset
+
+    known = DemoConfig()
+    assert known.pipeline.methods == DEMO_METHODS and "lora-dafusion" in DEMO_METHODS
+    assert known.pipeline.lora["steps"] == 200 and known.pipeline.lora["prompt"] == "name"
+    assert DemoConfig.from_dict({}).pipeline.to_dict() == known.pipeline.to_dict()
+    unknown = DemoConfig.from_dict({"world": "unknown"}).pipeline
+    assert unknown.lora == PipelineConfig().lora  # 1000 steps on a learned token
+    flag = DemoConfig.from_dict({"pipeline": {"lora": {"steps": 50}}}).pipeline
+    assert flag.lora["steps"] == 50 and flag.lora["prompt"] == "name"
+    paper = DemoConfig.from_dict({"pipeline": preset("paper")}).pipeline
+    assert paper.lora["steps"] == 2000 and paper.lora["lr"] == 1e-4
+    only = DemoConfig.from_dict({"pipeline": {"methods": ["teacher"]}}).pipeline
+    assert only.methods == ("teacher",)

@@ -41,6 +41,7 @@ from tinyshot.diffusion.store import ImageStore
 from tinyshot.diffusion.textual_inversion import encode_token_prompts
 from tinyshot.errors import ConfigError, ModelError
 from tinyshot.utils.logging import get_logger, progress
+from tinyshot.utils.paths import same_model
 from tinyshot.utils.seed import derive_seed, torch_generator
 
 if TYPE_CHECKING:
@@ -384,7 +385,7 @@ def generate(
                 f"class {a.class_name!r}: token size {a.token_embedding.shape[-1]} "
                 f"!= text encoder width {model.embed_dim}"
             )
-    if a0.meta.get("model_id") not in (None, model.model_id):
+    if not same_model(a0.meta.get("model_id"), model.model_id):
         log.warning(
             "artifacts were made with %s, generating with %s", a0.meta["model_id"], model.model_id
         )
@@ -564,7 +565,7 @@ def _sample_lora(
     lora = (
         lora_dir if isinstance(lora_dir, LoraSpecialization) else LoraSpecialization.load(lora_dir)
     )
-    if lora.meta.get("model_id") not in (None, model.model_id):
+    if not same_model(lora.meta.get("model_id"), model.model_id):
         log.warning("LoRA trained on %s, generating with %s", lora.meta["model_id"], model.model_id)
     steps = steps or lora.num_inference_steps
     guidance = float(lora.guidance if guidance is None else guidance)

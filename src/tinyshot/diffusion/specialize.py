@@ -39,6 +39,7 @@ from tinyshot.diffusion.upscale import prepare_for_generator
 from tinyshot.errors import ConfigError, DataError
 from tinyshot.utils.io import atomic_write, read_json, write_json
 from tinyshot.utils.logging import bars_on_terminal, get_logger, progress
+from tinyshot.utils.paths import portable_record
 
 log = get_logger("diffusion.specialize")
 
@@ -126,6 +127,7 @@ def claim_folder(
         old = read_json(path)
         if isinstance(old.get("config"), dict):
             old["config"] = {k: v for k, v in old["config"].items() if k not in not_fingerprinted}
+        old, fp = portable_record(old), portable_record(fp)
         diff = sorted(k for k in fp if old.get(k) != fp[k])
         if diff:
             detail = diff

@@ -35,6 +35,7 @@ from tinyshot.data.transforms import (
 )
 from tinyshot.errors import ConfigError, DataError
 from tinyshot.utils.io import atomic_write, read_json, write_json
+from tinyshot.utils.paths import portable_record
 
 MANIFEST = "manifest.jsonl"
 SETTINGS = "generation.json"
@@ -74,11 +75,8 @@ class ImageStore:
         path = root / SETTINGS
         if path.is_file():
             old = read_json(path)
-            diff = sorted(
-                k
-                for k in set(old) | set(settings)
-                if k not in growable and old.get(k) != settings.get(k)
-            )
+            a, b = portable_record(old), portable_record(settings)
+            diff = sorted(k for k in set(a) | set(b) if k not in growable and a.get(k) != b.get(k))
             if diff:
                 raise ConfigError(
                     f"{root}: holds images generated with different {', '.join(diff)}; "

@@ -237,12 +237,15 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--alpha", type=float, help="TINT noise blend in [0, 1] (paper: 1)")
     g.add_argument("--ti-steps", type=int, help="textual inversion iterations (paper: 5000)")
     g.add_argument(
-        "--lora-steps", type=int, help="LoRA training steps of the lora* methods (default 1000)"
+        "--lora-steps",
+        type=int,
+        help="LoRA training steps of the lora* methods (default 1000; the known-world demo 200)",
     )
     g.add_argument(
         "--lora-prompt",
         choices=["token", "name"],
-        help="lora* methods: a learned token per class (default) or the class (folder) name",
+        help="lora* methods: a learned token per class (default) or the class (folder) name "
+        "(the known-world demo's)",
     )
     g.add_argument("--iterations", type=int, help="distillation iterations (paper: 10000)")
     g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: auto)")
@@ -301,8 +304,9 @@ def _register_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--methods",
         help="comma-separated subset of teacher,support-only,support+base,name,ti,dafusion,tint "
-        "(the default: all of them) and lora,lora-dafusion,lora-tint (LoRA-adapted generator; "
-        "not in the default)",
+        "and lora,lora-dafusion,lora-tint (LoRA-adapted generator; docs/pipeline.md). Default: "
+        "the first seven and lora-dafusion (in the concept-known world at 200 LoRA steps on "
+        "the class names)",
     )
     _add_pipeline_options(p)
     p.set_defaults(func=cmd_demo)
