@@ -107,7 +107,7 @@ def test_demo_runs_lora_dafusion_at_each_worlds_budget():
 
     known = DemoConfig()
     assert known.pipeline.methods == DEMO_METHODS and "lora-dafusion" in DEMO_METHODS
-    assert known.pipeline.lora["steps"] == 200 and known.pipeline.lora["prompt"] == "name"
+    assert known.pipeline.lora["steps"] == 100 and known.pipeline.lora["prompt"] == "name"
     assert DemoConfig.from_dict({}).pipeline.to_dict() == known.pipeline.to_dict()
     unknown = DemoConfig.from_dict({"world": "unknown"}).pipeline
     assert unknown.lora == PipelineConfig().lora  # 1000 steps on a learned token

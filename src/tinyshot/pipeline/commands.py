@@ -239,7 +239,7 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--lora-steps",
         type=int,
-        help="LoRA training steps of the lora* methods (default 1000; the known-world demo 200)",
+        help="LoRA training steps of the lora* methods (default 1000; the known-world demo 100)",
     )
     g.add_argument(
         "--lora-prompt",
@@ -305,7 +305,7 @@ def _register_demo(sub: argparse._SubParsersAction) -> None:
         "--methods",
         help="comma-separated subset of teacher,support-only,support+base,name,ti,dafusion,tint "
         "and lora,lora-dafusion,lora-tint (LoRA-adapted generator; docs/pipeline.md). Default: "
-        "the first seven and lora-dafusion (in the concept-known world at 200 LoRA steps on "
+        "the first seven and lora-dafusion (in the concept-known world at 100 LoRA steps on "
         "the class names)",
     )
     _add_pipeline_options(p)
