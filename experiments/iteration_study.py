@@ -8,11 +8,12 @@ only `distill.iterations` changed (every earlier stage is found finished and reu
 iteration count is the only difference.
 
     PYTHONPATH=src python experiments/iteration_study.py runs/known-iters \\
-        --run runs/known-train-iters --iterations 1000 3000 \\
+        --run runs/known-lora-tune-100name runs/known-tint-tune --iterations 1000 3000 \\
         --json results/iteration-study.json
 
-The run's own students give the row of its iteration count (200 at the demo's defaults).
-Resumable per episode and count (OUT/it<N>/<i>/). THREADS sets the torch threads (default 2).
+Several runs of the same episodes (e.g. one per method) are merged per episode. Each run's own
+students give the row of its iteration count (200 at the demo's defaults). Resumable per run,
+count and episode (OUT/<run folder name>/it<N>/<i>/), so one process per run can share OUT. THREADS sets the torch threads (default 2).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from tinyshot.data.episode_io import read_episodes
 from tinyshot.data.episodes import Episode
 from tinyshot.pipeline.benchmark import paired_differences
 from tinyshot.pipeline.benchmark.tasks import load_task_datasets
-from tinyshot.pipeline.config import PipelineConfig
+from tinyshot.pipeline.config import METHODS, PipelineConfig
 from tinyshot.pipeline.episode import run_pipeline_episode
 from tinyshot.pipeline.task_config import base_dataset
 from tinyshot.utils.io import read_json, write_json
@@ -69,28 +70,38 @@ def redistil(run: Path, index: int, iterations: int, out: Path, datasets: tuple)
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path)
-    p.add_argument("--run", type=Path, required=True, help="a finished `tinyshot benchmark` run")
+    p.add_argument(
+        "--run", type=Path, nargs="+", required=True,
+        help="finished `tinyshot benchmark` runs of the same episodes (their methods are merged)",
+    )  # fmt: skip
     p.add_argument("--iterations", type=int, nargs="+", default=[1000, 3000])
     p.add_argument("--json", type=Path, default=None, help="also write the summary here")
     a = p.parse_args()
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
     a.out.mkdir(parents=True, exist_ok=True)
     setup_logging(a.out)
-    _, meta = read_episodes(a.run / "episodes.json")
+    _, meta = read_episodes(a.run[0] / "episodes.json")
     datasets = (*load_task_datasets(meta), base_dataset(meta))
-    episodes = finished_episodes(a.run)
-    own = read_json(a.run / "work" / str(episodes[0]) / "config.json")["config"]["distill"]
-    rows: dict[int, list[dict[str, float]]] = {
-        int(own["iterations"]): [
-            {m: r["accuracy"] for m, r in read_json(a.run / "work" / str(i) / "result.json")[
-                "methods"].items()}
-            for i in episodes
-        ]
-    }  # fmt: skip
-    for n in a.iterations:
-        rows[n] = [redistil(a.run, i, n, a.out, datasets) for i in episodes]
+    episodes = sorted(set.intersection(*(set(finished_episodes(r)) for r in a.run)))
+    rows: dict[int, list[dict[str, float]]] = {}
+    for run in a.run:
+        own = int(
+            read_json(run / "work" / str(episodes[0]) / "config.json")["config"]["distill"][
+                "iterations"
+            ]
+        )
+        for n in (own, *a.iterations):
+            out = a.out / run.name
+            got = [
+                {m: r["accuracy"] for m, r in read_json(run / "work" / str(i) / "result.json")["methods"].items()}
+                if n == own else redistil(run, i, n, out, datasets)
+                for i in episodes
+            ]  # fmt: skip
+            rows.setdefault(n, [{} for _ in episodes])
+            for merged, ep in zip(rows[n], got):
+                merged.update(ep)
     summary = summarize(rows)
-    summary.update(run=str(a.run), episodes=episodes, command=" ".join(sys.argv))
+    summary.update(runs=[str(r) for r in a.run], episodes=episodes, command=" ".join(sys.argv))
     write_json(a.out / "summary.json", summary)
     if a.json:
         write_json(a.json, summary)
@@ -109,7 +120,8 @@ def summarize(rows: dict[int, list[dict[str, float]]]) -> dict[str, Any]:
     out: dict[str, Any] = {"format": "tinyshot.iteration-study", "per_iterations": {}}
     for n in sorted(rows):
         eps = rows[n]
-        methods = [m for m in eps[0] if m != "teacher"]
+        # newest method first, so each difference reads "newer minus older"
+        methods = [m for m in reversed(METHODS) if m in eps[0] and m != "teacher"]
         recs = [{"methods": {m: {"accuracy": acc} for m, acc in ep.items()}} for ep in eps]
         out["per_iterations"][str(n)] = {
             "mean": {m: sum(ep[m] for ep in eps) / len(eps) for m in methods},
