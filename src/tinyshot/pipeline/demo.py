@@ -239,13 +239,13 @@ def format_table(
         )
         for g, j in judged["per_generator"].items():
             vals = " ".join(f"{100 * v:5.1f}" for v in j["per_class"].values() if v is not None)
-            lines.append(f"  {g:<10} mean {100 * (j['mean'] or 0):5.1f}%  per class: {vals}")
+            lines.append(f"  {g:<13} mean {100 * (j['mean'] or 0):5.1f}%  per class: {vals}")
     if fd:
         lines.append("")
         lines.append(f"Frechet distance to real test images ({fd['metric']}, lower is better)")
         for g, per_class in fd["per_generator"].items():
             vals = " ".join(f"{v:7.1f}" for v in per_class.values())
-            lines.append(f"  {g:<10} mean {fd['mean'][g]:7.1f}   per class: {vals}")
+            lines.append(f"  {g:<13} mean {fd['mean'][g]:7.1f}   per class: {vals}")
     return "\n".join(lines)
 
 
