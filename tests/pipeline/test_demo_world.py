@@ -99,17 +99,20 @@ def test_judged_synthetic_labels_real_images_as_their_class(tmp_path):
     assert (tmp_path / "judged.json").is_file()
 
 
-def test_demo_runs_lora_dafusion_at_each_worlds_budget():
-    """The known world's LoRA budget is the demo's short one (the generator draws the classes by
-    name already); the unknown world keeps the pipeline's; a preset, file or flag wins."""
-    from tinyshot.pipeline.demo import DEMO_METHODS
+def test_demo_adds_each_worlds_lora_method_at_its_budget():
+    """The known world adds DataDream's `lora` at the demo's short budget on the class names
+    (the generator draws them already); the unknown world `lora-dafusion` at the pipeline's
+    budget; a preset, file or flag wins."""
+    from tinyshot.pipeline.config import DEFAULT_METHODS
+    from tinyshot.pipeline.demo import demo_methods
     from tinyshot.presets import preset
 
     known = DemoConfig()
-    assert known.pipeline.methods == DEMO_METHODS and "lora-dafusion" in DEMO_METHODS
+    assert known.pipeline.methods == (*DEFAULT_METHODS, "lora") == demo_methods("known")
     assert known.pipeline.lora["steps"] == 100 and known.pipeline.lora["prompt"] == "name"
     assert DemoConfig.from_dict({}).pipeline.to_dict() == known.pipeline.to_dict()
     unknown = DemoConfig.from_dict({"world": "unknown"}).pipeline
+    assert unknown.methods == (*DEFAULT_METHODS, "lora-dafusion")
     assert unknown.lora == PipelineConfig().lora  # 1000 steps on a learned token
     flag = DemoConfig.from_dict({"pipeline": {"lora": {"steps": 50}}}).pipeline
     assert flag.lora["steps"] == 50 and flag.lora["prompt"] == "name"

@@ -305,8 +305,8 @@ def _register_demo(sub: argparse._SubParsersAction) -> None:
         "--methods",
         help="comma-separated subset of teacher,support-only,support+base,name,ti,dafusion,tint "
         "and lora,lora-dafusion,lora-tint (LoRA-adapted generator; docs/pipeline.md). Default: "
-        "the first seven and lora-dafusion (in the concept-known world at 100 LoRA steps on "
-        "the class names)",
+        "the first seven and the world's LoRA method: lora (DataDream: fresh noise, class "
+        "names, 100 LoRA steps) in the concept-known world, lora-dafusion in the unknown one",
     )
     _add_pipeline_options(p)
     p.set_defaults(func=cmd_demo)

@@ -51,7 +51,10 @@ class World:
     generator: str  # shipped generator name
     support_split: str  # fashion-mnist split the supports are drawn from
     about: str
-    # The lora* methods' budget here (PipelineConfig.lora keys; a preset, file or flag wins)
+    # The LoRA method the demo adds to the pipeline's defaults here (the world's best on the
+    # test-split episodes, docs/results.md) and its budget (PipelineConfig.lora keys; a
+    # preset, file or flag wins).
+    lora_method: str = "lora-dafusion"
     lora: dict[str, Any] = field(default_factory=dict)
 
 
@@ -60,10 +63,10 @@ WORLDS = {
         "fashion-mnist-known",
         "novel-pool",
         "generator trained with all ten class names, never on the held-out support pool",
-        # The generator already draws these classes by name: 100 steps on the class-name
-        # prompt reach 98% teacher agreement on the train-split tuning episodes (200: 97%,
-        # students 0.3 points apart) and keep `make demo` under 10 minutes (docs/results.md,
-        # "LoRA in the concept-known world").
+        # The generator already draws these classes by name: DataDream's sampling (fresh
+        # noise, the class-name prompt) beats editing the supports here, and 100 steps keep
+        # `make demo` under 10 minutes (docs/results.md, "LoRA in the concept-known world").
+        lora_method="lora",
         lora={"steps": 100, "prompt": "name"},
     ),
     "unknown": World(
@@ -73,18 +76,21 @@ WORLDS = {
     ),
 }
 DEFAULT_WORLD = "known"
-# The pipeline's default methods plus the best LoRA method (issue 32: LoRA-adapted generator,
-# DA-Fusion sampling from the supports).
-DEMO_METHODS = (*DEFAULT_METHODS, "lora-dafusion")
+
+
+def demo_methods(world: str = DEFAULT_WORLD) -> tuple[str, ...]:
+    """The pipeline's default methods plus the world's LoRA method (issue 32)."""
+    w = WORLDS.get(world, WORLDS[DEFAULT_WORLD])
+    return (*DEFAULT_METHODS, w.lora_method)
 
 
 def demo_pipeline(world: str = DEFAULT_WORLD, over: dict[str, Any] | None = None) -> PipelineConfig:
-    """The demo's pipeline: the demo methods and the world's LoRA budget, under `over` (a
-    preset, config file and flags already merged)."""
+    """The demo's pipeline: the world's methods and LoRA budget, under `over` (a preset,
+    config file and flags already merged)."""
     from tinyshot.presets import merge_config
 
     lora = WORLDS[world].lora if world in WORLDS else {}
-    base = {"methods": list(DEMO_METHODS), "lora": lora}
+    base = {"methods": list(demo_methods(world)), "lora": lora}
     return PipelineConfig.from_dict(merge_config(base, over or {}))
 
 
