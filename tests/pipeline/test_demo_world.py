@@ -101,14 +101,15 @@ def test_judged_synthetic_labels_real_images_as_their_class(tmp_path):
 
 def test_demo_adds_each_worlds_lora_method_at_its_budget():
     """The known world adds DataDream's `lora` at the demo's short budget on the class names
-    (the generator draws them already); the unknown world `lora-dafusion` at the pipeline's
-    budget; a preset, file or flag wins."""
+    (the generator draws them already) in place of plain `name`; the unknown world adds
+    `lora-dafusion` at the pipeline's budget; a preset, file or flag wins."""
     from tinyshot.pipeline.config import DEFAULT_METHODS
     from tinyshot.pipeline.demo import demo_methods
     from tinyshot.presets import preset
 
     known = DemoConfig()
-    assert known.pipeline.methods == (*DEFAULT_METHODS, "lora") == demo_methods("known")
+    no_name = tuple(m for m in DEFAULT_METHODS if m != "name")
+    assert known.pipeline.methods == (*no_name, "lora") == demo_methods("known")
     assert known.pipeline.lora["steps"] == 100 and known.pipeline.lora["prompt"] == "name"
     assert DemoConfig.from_dict({}).pipeline.to_dict() == known.pipeline.to_dict()
     unknown = DemoConfig.from_dict({"world": "unknown"}).pipeline

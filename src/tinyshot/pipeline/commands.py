@@ -305,8 +305,9 @@ def _register_demo(sub: argparse._SubParsersAction) -> None:
         "--methods",
         help="comma-separated subset of teacher,support-only,support+base,name,ti,dafusion,tint "
         "and lora,lora-dafusion,lora-tint (LoRA-adapted generator; docs/pipeline.md). Default: "
-        "the first seven and the world's LoRA method: lora (DataDream: fresh noise, class "
-        "names, 100 LoRA steps) in the concept-known world, lora-dafusion in the unknown one",
+        "the first seven and the world's LoRA method: in the concept-known world lora "
+        "(DataDream: fresh noise, class names, 100 LoRA steps) in place of name, in the "
+        "unknown one lora-dafusion",
     )
     _add_pipeline_options(p)
     p.set_defaults(func=cmd_demo)
