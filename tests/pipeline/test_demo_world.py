@@ -114,6 +114,7 @@ def test_demo_adds_each_worlds_lora_method_at_its_budget():
     assert DemoConfig.from_dict({}).pipeline.to_dict() == known.pipeline.to_dict()
     unknown = DemoConfig.from_dict({"world": "unknown"}).pipeline
     assert unknown.methods == (*DEFAULT_METHODS, "lora-dafusion")
+    assert DemoConfig(world="unknown").pipeline.to_dict() == unknown.to_dict()  # the API too
     assert unknown.lora == PipelineConfig().lora  # 1000 steps on a learned token
     flag = DemoConfig.from_dict({"pipeline": {"lora": {"steps": 50}}}).pipeline
     assert flag.lora["steps"] == 50 and flag.lora["prompt"] == "name"

@@ -284,8 +284,8 @@ def _register_demo(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="offline end-to-end demo on Fashion-MNIST: TINT vs baselines, table + report.html",
         description="Specialize the shipped generator on each episode's supports, generate "
-        "synthetic images (TINT, plain TI, DA-Fusion, class-name prompts; DA-Fusion on a "
-        "LoRA-adapted generator), pseudo-label with the teacher, distill Conv4 students under "
+        "synthetic images (TINT, plain TI, DA-Fusion, class-name prompts, a LoRA-adapted "
+        "generator), pseudo-label with the teacher, distill Conv4 students under "
         "each setting and evaluate them on the test split. Rerun the same command to resume.",
     )
     p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")

@@ -95,8 +95,8 @@ def demo_pipeline(world: str = DEFAULT_WORLD, over: dict[str, Any] | None = None
     config file and flags already merged)."""
     from tinyshot.presets import merge_config
 
-    lora = WORLDS[world].lora if world in WORLDS else {}
-    base = {"methods": list(demo_methods(world)), "lora": lora}
+    w = WORLDS.get(world, WORLDS[DEFAULT_WORLD])  # an unknown name fails in resolve_world
+    base = {"methods": list(demo_methods(world)), "lora": w.lora}
     return PipelineConfig.from_dict(merge_config(base, over or {}))
 
 
@@ -109,7 +109,11 @@ class DemoConfig:
     queries: int | None = None  # per class from the test split; None = all (1000)
     seed: int = 0
     fd_images: int = 200  # per class and generator for the Frechet distances (paper: 300)
-    pipeline: PipelineConfig = field(default_factory=demo_pipeline)
+    pipeline: PipelineConfig = None  # type: ignore[assignment]  # None: the world's own
+
+    def __post_init__(self) -> None:
+        if self.pipeline is None:
+            self.pipeline = demo_pipeline(self.world)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
