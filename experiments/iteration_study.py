@@ -13,7 +13,9 @@ iteration count is the only difference.
 
 Several runs of the same episodes (e.g. one per method) are merged per episode. Each run's own
 students give the row of its iteration count (200 at the demo's defaults). Resumable per run,
-count and episode (OUT/<run folder name>/it<N>/<i>/), so one process per run can share OUT. THREADS sets the torch threads (default 2).
+count and episode (OUT/<run folder name>/it<N>/<i>/), so one process per run or per `--only`
+shard can share OUT; a last run without `--only` merges them. THREADS sets the torch threads
+(default 2).
 """
 
 from __future__ import annotations
@@ -76,6 +78,10 @@ def main() -> None:
     )  # fmt: skip
     p.add_argument("--iterations", type=int, nargs="+", default=[1000, 3000])
     p.add_argument("--json", type=Path, default=None, help="also write the summary here")
+    p.add_argument(
+        "--only", type=int, nargs="+", default=None,
+        help="episode indices to run (one process per shard; a last run without it merges)",
+    )  # fmt: skip
     a = p.parse_args()
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
     a.out.mkdir(parents=True, exist_ok=True)
@@ -83,6 +89,10 @@ def main() -> None:
     _, meta = read_episodes(a.run[0] / "episodes.json")
     datasets = (*load_task_datasets(meta), base_dataset(meta))
     episodes = sorted(set.intersection(*(set(finished_episodes(r)) for r in a.run)))
+    if a.only is not None:
+        episodes = [i for i in episodes if i in a.only]
+    if not episodes:
+        sys.exit("no finished episode to re-distil in " + ", ".join(map(str, a.run)))
     rows: dict[int, list[dict[str, float]]] = {}
     for run in a.run:
         own = int(
