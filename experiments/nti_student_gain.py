@@ -13,6 +13,8 @@ episodes (same `--split`, `--queries`, `--seed`):
     PYTHONPATH=src python experiments/nti_student_gain.py --ref runs/known-iters-base \\
         --run 0.3=runs/known-nti-lr0.3 0.1=runs/known-nti-lr0.1 --json results/nti-student-gain.json
 
+An lr may be given for several runs (e.g. one per `--only` shard); their episodes are merged.
+
 `null drift` is |u_t - u_empty| / |u_empty|, the mean over timesteps and support images of how
 far NTI moved the null embeddings from the generator's empty-prompt encoding. Judged share
 and FD are read from each run's fidelity.json (`experiments/benchmark_fidelity.py RUN --images
@@ -74,19 +76,25 @@ def nti_figures(spec_dir: Path, empty: dict[str, torch.Tensor]) -> dict[str, flo
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ref", type=Path, required=True, help="run with support+base and tint")
-    p.add_argument("--run", nargs="+", required=True, help="LR=DIR, a tint run at that NTI lr")
+    p.add_argument(
+        "--run", nargs="+", required=True,
+        help="LR=DIR, a tint run at that NTI lr (an LR may be given for several runs)",
+    )  # fmt: skip
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args()
     ref = finished(a.ref)
     ref_lr = float(
         read_json(a.ref / "work" / str(min(ref)) / "config.json")["config"]["specialize"]["nti_lr"]
     )
-    runs = {ref_lr: (a.ref, ref)}
-    for item in a.run:
-        lr, _, d = item.partition("=")
-        runs[float(lr)] = (Path(d), finished(Path(d)))
-    fid = {lr: fidelity(d) for lr, (d, _) in runs.items()}
-    episodes = sorted(set.intersection(*(set(r) for _, r in runs.values())))
+    # lr -> episode -> (run folder, episode result, fidelity); an lr may span several runs
+    runs: dict[float, dict[int, tuple[Path, dict, dict]]] = {}
+    for lr, d in [(ref_lr, a.ref)] + [
+        (float(lr), Path(d)) for lr, _, d in (item.partition("=") for item in a.run)
+    ]:
+        fid = fidelity(d)
+        for i, res in finished(d).items():
+            runs.setdefault(lr, {})[i] = (d, res, fid.get(i, {}))
+    episodes = sorted(set(ref).intersection(*(set(r) for r in runs.values())))
     if not episodes:
         sys.exit("no episode finished in every run")
     empty: dict[str, torch.Tensor] = {}
@@ -94,13 +102,14 @@ def main() -> None:
     per_episode, rows = [], []
     for i in episodes:
         rec = {"support+base": {"accuracy": ref[i]["methods"]["support+base"]["accuracy"]}}
-        for lr, (d, res) in runs.items():
-            m = res[i]["methods"]["tint"]
+        for lr, by_episode in runs.items():
+            d, res, fid = by_episode[i]
+            m = res["methods"]["tint"]
             rec[name[lr]] = {"accuracy": m["accuracy"]}
             figs = nti_figures(d / "work" / str(i) / "specialize", empty)
             rows.append({
                 "episode": i, "nti_lr": lr, "accuracy": m["accuracy"],
-                "agreement": m["health"]["agreement"], **figs, **fid[lr].get(i, {}),
+                "agreement": m["health"]["agreement"], **figs, **fid,
             })  # fmt: skip
         per_episode.append({"episode": i, "methods": rec})
     order = [name[lr] for lr in sorted(runs)] + ["support+base"]
@@ -114,7 +123,7 @@ def main() -> None:
     summary = {
         "format": "tinyshot.nti-student-gain",
         "reference": {"run": str(a.ref), "nti_lr": ref_lr},
-        "runs": {f"{lr:g}": str(d) for lr, (d, _) in runs.items()},
+        "runs": {f"{lr:g}": sorted({str(v[0]) for v in r.values()}) for lr, r in runs.items()},
         "episodes": episodes,
         "per_lr": per_lr,
         "per_episode_rows": rows,
