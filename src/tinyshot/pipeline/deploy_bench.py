@@ -255,6 +255,12 @@ def _class_key(name: str) -> str:
 def episode_accuracy(path: Path, queries: EpisodeQueries, threads: int = 1) -> float:
     """Top-1 accuracy of an .onnx student on the episode's queries; its classes are matched
     to the episode's by name (class folder names such as "Ankle boot" or "ankle_boot")."""
+    predicted = episode_predictions(path, queries, threads)
+    return sum(p == int(y) for p, y in zip(predicted, queries.labels)) / len(queries.labels)
+
+
+def episode_predictions(path: Path, queries: EpisodeQueries, threads: int = 1) -> list[int]:
+    """An .onnx student's top-1 class of each query, as an index into the episode's classes."""
     from tinyshot.models.export import OnnxClassifier
 
     clf = OnnxClassifier(path, threads=threads)
@@ -266,8 +272,7 @@ def episode_accuracy(path: Path, queries: EpisodeQueries, threads: int = 1) -> f
             f"({queries.name}); fit the run on that episode's supports"
         )
     predicted, _ = clf.predict(queries.images)
-    hits = sum(keys.index(_class_key(p)) == int(y) for p, y in zip(predicted, queries.labels))
-    return hits / len(queries.labels)
+    return [keys.index(_class_key(p)) for p in predicted]
 
 
 def run_deploy_bench(
