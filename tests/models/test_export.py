@@ -86,6 +86,37 @@ def test_predict_cli(tmp_path, capsys):
     assert "ONNX model not found" in capsys.readouterr().err
 
 
+def test_predict_labelled_scores_images_by_their_class_folder(tmp_path, capsys):
+    s = _trained_like("conv4", 3, 32)
+    names = ["T-shirt/top", "dog", "fox"]
+    model = export_onnx(s, tmp_path / "m.onnx", names)
+    rng = np.random.default_rng(1)
+    arrs = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(6)]
+    from tinyshot.data.transforms import images_to_tensor
+
+    with torch.no_grad():
+        pred = s(images_to_tensor([Image.fromarray(a) for a in arrs], 32)).argmax(1).tolist()
+    root = tmp_path / "labelled"
+    folders = ["T-shirt_top", "dog", "dog", "Fox", "fox", "fox"]  # class folder names, any case
+    for i, (a, folder) in enumerate(zip(arrs, folders)):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(a).save(root / folder / f"im{i}.png")
+    truth = [0, 1, 1, 2, 2, 2]
+    assert main(["predict", str(model), str(root), "--labelled", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)["labelled"]
+    assert got["images"] == 6
+    assert got["accuracy"] == pytest.approx(np.mean([p == t for p, t in zip(pred, truth)]))
+    fox = [p == 2 for p, t in zip(pred, truth) if t == 2]
+    assert got["per_class"]["fox"] == {"accuracy": pytest.approx(np.mean(fox)), "images": 3}
+    assert main(["predict", str(model), str(root), "--labelled"]) == 0
+    assert "on 6 labelled images (fp32)" in capsys.readouterr().out
+    # a folder that names no class is an error naming it, not a silent miss
+    (root / "cow").mkdir()
+    Image.fromarray(arrs[0]).save(root / "cow" / "x.png")
+    assert main(["predict", str(model), str(root), "--labelled"]) == 2
+    assert "'cow' is none of the model's classes" in capsys.readouterr().err
+
+
 def test_foreign_onnx_and_bad_checkpoint(tmp_path, capsys):
     bad = tmp_path / "x.onnx"
     bad.write_bytes(b"garbage")

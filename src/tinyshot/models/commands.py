@@ -33,6 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="with a run folder: use its int8 model (model.int8.onnx, from `tinyshot quantize` "
         "or `fit --quantize int8`)",
     )
+    p.add_argument(
+        "--labelled",
+        action="store_true",
+        help="the images sit in class folders (DIR/<class>/...): also report top-1 accuracy, "
+        "overall and per class, each image labelled by its own folder's name",
+    )
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("export", help="export a student checkpoint to ONNX (metadata included)")
@@ -94,6 +100,33 @@ def model_path(model: str | Path, int8: bool = False) -> Path:
     return path / name
 
 
+def labelled_accuracy(results: list[dict], class_names: list[str]) -> dict:
+    """Top-1 accuracy of `results` (predict's records), each image's label being its folder's
+    name; folder names are matched to classes as class folders are written ("T-shirt/top" is
+    folder T-shirt_top; case and underscores aside). A folder naming no class is an error."""
+    from tinyshot.pipeline.deploy_bench import class_key
+
+    keys = {class_key(c): c for c in class_names}
+    hits: dict[str, list[int]] = {c: [] for c in class_names}
+    for r in results:
+        folder = Path(r["file"]).parent.name
+        if class_key(folder) not in keys:
+            raise DataError(
+                f"{Path(r['file']).parent}: with --labelled, an image's folder names its class, "
+                f"and {folder!r} is none of the model's classes {class_names}"
+            )
+        label = keys[class_key(folder)]
+        hits[label].append(int(r["top"][0]["class"] == label))
+    n = sum(len(h) for h in hits.values())
+    return {
+        "accuracy": sum(sum(h) for h in hits.values()) / max(1, n),
+        "images": n,
+        "per_class": {
+            c: {"accuracy": sum(h) / len(h), "images": len(h)} for c, h in hits.items() if h
+        },
+    }
+
+
 def _predict(args: argparse.Namespace) -> int:
     """Classify every readable image; every bad path or file is named on stderr (and under
     "errors" with --json), and the exit status is 1 if there was any, 0 otherwise."""
@@ -125,12 +158,25 @@ def _predict(args: argparse.Namespace) -> int:
                 ],
             }
         )
+    scored = labelled_accuracy(results, clf.class_names) if args.labelled else None
     if args.json:
         doc = {"model": str(model), "precision": clf.precision, "results": results}
-        print(json.dumps({**doc, "errors": errors}, indent=2))
+        print(
+            json.dumps(
+                {**doc, "errors": errors, **({"labelled": scored} if scored else {})}, indent=2
+            )
+        )
     else:
         for r in results:
             print(f"{r['file']}\t" + "\t".join(f"{t['class']}\t{t['prob']:.4f}" for t in r["top"]))
+        if scored:
+            per = ", ".join(
+                f"{c} {100 * v['accuracy']:.1f}" for c, v in scored["per_class"].items()
+            )
+            print(
+                f"top-1 accuracy {100 * scored['accuracy']:.2f}% on {scored['images']} labelled "
+                f"images ({clf.precision}); per class: {per}"
+            )
     for e in errors:
         print(f"tinyshot predict: error: {e['error']}", file=sys.stderr)
     if errors:

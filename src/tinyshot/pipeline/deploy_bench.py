@@ -244,7 +244,7 @@ def write_episode_supports(spec: str, out: str | Path, root: str | Path | None =
     return out
 
 
-def _class_key(name: str) -> str:
+def class_key(name: str) -> str:
     """A class name as matched between a model and an episode: its class folder name
     (write_episode_supports), case and underscores aside."""
     from tinyshot.diffusion.store import folder_name
@@ -264,15 +264,15 @@ def episode_predictions(path: Path, queries: EpisodeQueries, threads: int = 1) -
     from tinyshot.models.export import OnnxClassifier
 
     clf = OnnxClassifier(path, threads=threads)
-    keys = [_class_key(c) for c in queries.classes]
-    mine = [_class_key(c) for c in clf.class_names]
+    keys = [class_key(c) for c in queries.classes]
+    mine = [class_key(c) for c in clf.class_names]
     if sorted(keys) != sorted(mine):
         raise ConfigError(
             f"{path}: classes {clf.class_names} are not the episode's {queries.classes} "
             f"({queries.name}); fit the run on that episode's supports"
         )
     predicted, _ = clf.predict(queries.images)
-    return [keys.index(_class_key(p)) for p in predicted]
+    return [keys.index(class_key(p)) for p in predicted]
 
 
 def run_deploy_bench(
