@@ -47,17 +47,16 @@ def finished_episodes(run: Path) -> list[int]:
     return sorted(int(p.name) for p in (run / "work").iterdir() if (p / "result.json").is_file())
 
 
-def redistil(run: Path, index: int, iterations: int, out: Path, datasets: tuple) -> dict:
-    """One episode of `run` re-distilled at `iterations`; method -> accuracy."""
-    src = run / "work" / str(index)
-    dst = out / f"it{iterations}" / str(index)
+def rerun_copy(
+    src: Path, dst: Path, cfg: dict[str, Any], datasets: tuple, not_copied=NOT_COPIED
+) -> dict[str, Any]:
+    """Finished work folder `src` copied to `dst` (less `not_copied`) and run again with `cfg`:
+    the stages whose files were copied resume, the others run; method -> result."""
     if not dst.exists():
-        shutil.copytree(src, dst, ignore=lambda d, names: [n for n in names if n in NOT_COPIED])
+        shutil.copytree(src, dst, ignore=lambda d, names: [n for n in names if n in not_copied])
     stored = read_json(src / "config.json")
-    cfg: dict[str, Any] = stored["config"]
-    cfg["distill"] = {**cfg["distill"], "iterations": iterations}
     support_ds, query_ds, base_ds = datasets
-    res = run_pipeline_episode(
+    return run_pipeline_episode(
         Episode.from_dict(stored["episode"]),
         support_ds,
         query_ds,
@@ -66,6 +65,14 @@ def redistil(run: Path, index: int, iterations: int, out: Path, datasets: tuple)
         dst,
         stored["seed"],
     )
+
+
+def redistil(run: Path, index: int, iterations: int, out: Path, datasets: tuple) -> dict:
+    """One episode of `run` re-distilled at `iterations`; method -> accuracy."""
+    src = run / "work" / str(index)
+    cfg: dict[str, Any] = read_json(src / "config.json")["config"]
+    cfg["distill"] = {**cfg["distill"], "iterations": iterations}
+    res = rerun_copy(src, out / f"it{iterations}" / str(index), cfg, datasets)
     return {m: r["accuracy"] for m, r in res.items()}
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -35,13 +34,11 @@ from typing import Any
 import torch
 
 from tinyshot.data.episode_io import read_episodes
-from tinyshot.data.episodes import Episode
 from tinyshot.evaluation.stats import mean_confidence_interval
 from tinyshot.models.ensemble import with_student
 from tinyshot.models.students import STUDENT_CONFIG_DEFAULTS
 from tinyshot.pipeline.benchmark.tasks import load_task_datasets
 from tinyshot.pipeline.config import PipelineConfig
-from tinyshot.pipeline.episode import run_pipeline_episode
 from tinyshot.pipeline.student_stage import pretrained_student_path
 from tinyshot.pipeline.task_config import base_dataset
 from tinyshot.utils.io import read_json, write_json
@@ -49,6 +46,7 @@ from tinyshot.utils.logging import setup_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from int8_episode import int8_rows
+from iteration_study import rerun_copy
 
 # What a copy leaves behind: the students and what describes them (the rest is reused).
 NOT_COPIED = {"students", "student_images", "result.json", "config.json", "log.txt", "threads.json"}
@@ -87,20 +85,9 @@ def distil_other(
 ) -> Path:
     """`work`'s episode re-distilled with a `spec` (ARCH[@SIZE]) student; the new work folder."""
     dst = out / spec / label
-    if not dst.exists():
-        shutil.copytree(work, dst, ignore=lambda d, names: [n for n in names if n in NOT_COPIED])
-    stored = read_json(work / "config.json")
-    support_ds, query_ds, base_ds = episode_datasets(episode_file)
-    cfg = student_config(stored["config"], spec, methods, base_ds)
-    run_pipeline_episode(
-        Episode.from_dict(stored["episode"]),
-        support_ds,
-        query_ds,
-        base_ds,
-        PipelineConfig.from_dict(cfg),
-        dst,
-        stored["seed"],
-    )
+    datasets = episode_datasets(episode_file)
+    cfg = student_config(read_json(work / "config.json")["config"], spec, methods, datasets[2])
+    rerun_copy(work, dst, cfg, datasets, NOT_COPIED)
     return dst
 
 
@@ -228,8 +215,14 @@ def main() -> None:
         "summary": summarise(rows),
         "rows": rows,
         "command": " ".join(
-            ["PYTHONPATH=src python experiments/student_compare.py", *sys.argv[1:]]
+            [
+                *(f"{k}={os.environ[k]}" for k in ("TINYSHOT_CACHE", "THREADS") if k in os.environ),
+                "PYTHONPATH=src python experiments/student_compare.py",
+                *sys.argv[1:],
+            ]
         ),
+        "note": "the students were distilled by the same command without --no-distil (one "
+        "run per student list); --no-distil only rescores and summarises OUT's students",
     }
     for arch, s in summary["summary"].items():
         vs = s.get("fp32_minus_conv4_points")

@@ -104,7 +104,7 @@ def labelled_accuracy(results: list[dict], class_names: list[str]) -> dict:
     """Top-1 accuracy of `results` (predict's records), each image's label being its folder's
     name; folder names are matched to classes as class folders are written ("T-shirt/top" is
     folder T-shirt_top; case and underscores aside). A folder naming no class is an error."""
-    from tinyshot.pipeline.deploy_bench import class_key
+    from tinyshot.models.export import class_key
 
     keys = {class_key(c): c for c in class_names}
     hits: dict[str, list[int]] = {c: [] for c in class_names}

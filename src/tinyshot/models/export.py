@@ -368,3 +368,11 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         "fastest of repeated calls)"
     )
     return "\n".join(lines)
+
+
+def class_key(name: str) -> str:
+    """A class name as matched between a model and an episode: its class folder name
+    (write_episode_supports), case and underscores aside."""
+    from tinyshot.diffusion.store import folder_name
+
+    return folder_name(name).casefold().replace("_", " ").strip()

@@ -244,14 +244,6 @@ def write_episode_supports(spec: str, out: str | Path, root: str | Path | None =
     return out
 
 
-def class_key(name: str) -> str:
-    """A class name as matched between a model and an episode: its class folder name
-    (write_episode_supports), case and underscores aside."""
-    from tinyshot.diffusion.store import folder_name
-
-    return folder_name(name).casefold().replace("_", " ").strip()
-
-
 def episode_accuracy(path: Path, queries: EpisodeQueries, threads: int = 1) -> float:
     """Top-1 accuracy of an .onnx student on the episode's queries; its classes are matched
     to the episode's by name (class folder names such as "Ankle boot" or "ankle_boot")."""
@@ -261,7 +253,7 @@ def episode_accuracy(path: Path, queries: EpisodeQueries, threads: int = 1) -> f
 
 def episode_predictions(path: Path, queries: EpisodeQueries, threads: int = 1) -> list[int]:
     """An .onnx student's top-1 class of each query, as an index into the episode's classes."""
-    from tinyshot.models.export import OnnxClassifier
+    from tinyshot.models.export import OnnxClassifier, class_key
 
     clf = OnnxClassifier(path, threads=threads)
     keys = [class_key(c) for c in queries.classes]
