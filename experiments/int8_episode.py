@@ -80,6 +80,7 @@ def int8_rows(work: Path, episode: str, methods: list[str] | None = None) -> lis
             acc = {k: accuracy(v, queries.labels) for k, v in pred.items()}
             rows.append({
                 "method": method, "arch": student.arch, "input_size": student.input_size,
+                "queries": len(queries.labels),
                 "calibration_images": res.calibration_images,
                 "fp32_bytes": fp32.stat().st_size, "int8_bytes": int8.stat().st_size,
                 "accuracy_fp32": acc["fp32"], "accuracy_int8": acc["int8"],
@@ -101,7 +102,6 @@ def main() -> None:
     p.add_argument("episode", help="its episode file FILE[:INDEX]")
     p.add_argument("--json", type=Path, required=True)
     a = p.parse_args()
-    queries = load_episode_queries(a.episode)
     rows = int8_rows(a.work, a.episode)
     drops = [r["int8_minus_fp32_points"] for r in rows]
     write_json(
@@ -110,7 +110,7 @@ def main() -> None:
             "format": "tinyshot.int8-episode",
             "work": str(a.work),
             "episode": a.episode,
-            "queries": len(queries.labels),
+            "queries": rows[0]["queries"] if rows else 0,
             "rows": rows,
             "mean_int8_minus_fp32_points": sum(drops) / len(drops) if drops else None,
             "command": f"PYTHONPATH=src python experiments/int8_episode.py {a.work} {a.episode} "
