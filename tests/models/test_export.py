@@ -86,6 +86,43 @@ def test_predict_cli(tmp_path, capsys):
     assert "ONNX model not found" in capsys.readouterr().err
 
 
+def test_predict_decodes_one_batch_at_a_time_and_keeps_order(tmp_path, monkeypatch):
+    import tinyshot.data.images as images_mod
+    from tinyshot.models.commands import classify_files
+
+    s = _trained_like("conv4", 3, 32)
+    clf = OnnxClassifier(export_onnx(s, tmp_path / "m.onnx", ["a", "b", "c"]))
+    rng = np.random.default_rng(1)
+    files = []
+    for i in range(7):
+        f = tmp_path / f"im{i}.png"
+        if i == 3:
+            f.write_bytes(b"not a png")
+        else:
+            Image.fromarray(rng.integers(0, 256, (30, 20, 3), dtype=np.uint8)).save(f)
+        files.append(f)
+    whole = list(classify_files(clf, files, 64, 3))
+    opened, seen_at_predict = [], []
+    real_open, real_predict = images_mod.open_rgb, OnnxClassifier.predict
+    monkeypatch.setattr(images_mod, "open_rgb", lambda f: opened.append(f) or real_open(f))
+
+    def spy(self, images, batch_size=64):
+        seen_at_predict.append((len(opened), len(images)))
+        return real_predict(self, images, batch_size)
+
+    monkeypatch.setattr(OnnxClassifier, "predict", spy)
+    batched = list(classify_files(clf, files, 2, 3))
+    # 7 files in batches of 2: each batch is decoded only when the one before is classified
+    assert seen_at_predict == [(2, 2), (4, 1), (6, 2), (7, 1)]
+    assert [r["file"] for r in batched] == [str(f) for f in files]
+    assert "not a readable image" in batched[3]["error"]
+    for a, b in zip(whole, batched):
+        assert a.keys() == b.keys()
+        if "top" in a:
+            assert [t["class"] for t in a["top"]] == [t["class"] for t in b["top"]]
+            assert np.allclose([t["prob"] for t in a["top"]], [t["prob"] for t in b["top"]])
+
+
 def test_predict_labelled_scores_images_by_their_class_folder(tmp_path, capsys):
     s = _trained_like("conv4", 3, 32)
     names = ["T-shirt/top", "dog", "fox"]

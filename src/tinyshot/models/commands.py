@@ -6,9 +6,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tinyshot.errors import DataError, TinyshotError
+
+if TYPE_CHECKING:
+    from tinyshot.models.export import OnnxClassifier
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -127,37 +132,58 @@ def labelled_accuracy(results: list[dict], class_names: list[str]) -> dict:
     }
 
 
+def classify_files(
+    clf: OnnxClassifier, files: list[Path], batch_size: int, top_k: int
+) -> Iterator[dict[str, Any]]:
+    """One record per file, in order: {"file", "top": [{"class", "prob"}...]} or, for a file
+    that is not a readable image, {"file", "error"}. Files are decoded one batch at a time, so a
+    folder of any size is classified in the memory of one batch."""
+    from tinyshot.data.images import open_rgb
+
+    k = min(top_k, len(clf.class_names))
+    for i in range(0, len(files), batch_size):
+        batch = files[i : i + batch_size]
+        images, failed = [], {}
+        for f in batch:
+            try:
+                images.append(open_rgb(f))
+            except DataError as e:
+                failed[f] = str(e)
+        probs = iter(clf.predict(images, batch_size=batch_size)[1])
+        for f in batch:
+            if f in failed:
+                yield {"file": str(f), "error": failed[f]}
+                continue
+            p = next(probs)
+            order = p.argsort()[::-1][:k]
+            yield {
+                "file": str(f),
+                "top": [
+                    {"class": clf.class_names[int(j)], "prob": round(float(p[j]), 6)} for j in order
+                ],
+            }
+
+
 def _predict(args: argparse.Namespace) -> int:
     """Classify every readable image; every bad path or file is named on stderr (and under
     "errors" with --json), and the exit status is 1 if there was any, 0 otherwise."""
-    from tinyshot.data.images import open_rgb
     from tinyshot.models.export import OnnxClassifier
 
     if args.top_k < 1:
         raise TinyshotError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.batch_size < 1:
+        raise TinyshotError(f"--batch-size must be >= 1, got {args.batch_size}")
     model = model_path(args.model, args.int8)
     clf = OnnxClassifier(model)
     files, errors = collect_images(args.images)
-    images, ok = [], []
-    for f in files:
-        try:
-            images.append(open_rgb(f))
-            ok.append(f)
-        except DataError as e:
-            errors.append({"file": str(f), "error": str(e)})
-    _, probs = clf.predict(images, batch_size=args.batch_size)
-    k = min(args.top_k, len(clf.class_names))
     results = []
-    for f, p in zip(ok, probs):
-        order = p.argsort()[::-1][:k]
-        results.append(
-            {
-                "file": str(f),
-                "top": [
-                    {"class": clf.class_names[int(i)], "prob": round(float(p[i]), 6)} for i in order
-                ],
-            }
-        )
+    for r in classify_files(clf, files, args.batch_size, args.top_k):
+        if "error" in r:
+            errors.append(r)
+            continue
+        results.append(r)
+        if not args.json:
+            print(f"{r['file']}\t" + "\t".join(f"{t['class']}\t{t['prob']:.4f}" for t in r["top"]))
     scored = labelled_accuracy(results, clf.class_names) if args.labelled else None
     if args.json:
         doc = {"model": str(model), "precision": clf.precision, "results": results}
@@ -166,17 +192,12 @@ def _predict(args: argparse.Namespace) -> int:
                 {**doc, "errors": errors, **({"labelled": scored} if scored else {})}, indent=2
             )
         )
-    else:
-        for r in results:
-            print(f"{r['file']}\t" + "\t".join(f"{t['class']}\t{t['prob']:.4f}" for t in r["top"]))
-        if scored:
-            per = ", ".join(
-                f"{c} {100 * v['accuracy']:.1f}" for c, v in scored["per_class"].items()
-            )
-            print(
-                f"top-1 accuracy {100 * scored['accuracy']:.2f}% on {scored['images']} labelled "
-                f"images ({clf.precision}); per class: {per}"
-            )
+    elif scored:
+        per = ", ".join(f"{c} {100 * v['accuracy']:.1f}" for c, v in scored["per_class"].items())
+        print(
+            f"top-1 accuracy {100 * scored['accuracy']:.2f}% on {scored['images']} labelled "
+            f"images ({clf.precision}); per class: {per}"
+        )
     for e in errors:
         print(f"tinyshot predict: error: {e['error']}", file=sys.stderr)
     if errors:
