@@ -100,6 +100,32 @@ def test_int8_file_carries_the_metadata_and_predicts(trained, tmp_path):
     assert np.allclose(probs.sum(1), 1.0, atol=1e-5)
 
 
+def _quantized_convs(path) -> list[bool]:
+    """Per Conv node in graph order: does an int8 weight feed it (a DequantizeLinear output)?"""
+    graph = onnx.load(str(path)).graph
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return [n.input[1] in dequantized for n in graph.node if n.op_type == "Conv"]
+
+
+def test_leading_convolutions_stay_fp32_as_asked_or_as_the_architecture_needs(trained, tmp_path):
+    fp32, images, _ = trained
+    assert _quantized_convs(quantize_onnx(fp32, tmp_path / "a.onnx", images[:8]).path) == [True] * 4
+    res = quantize_onnx(fp32, tmp_path / "b.onnx", images[:8], fp32_convs=1)
+    assert _quantized_convs(res.path) == [False, True, True, True]
+    assert json.loads(OnnxClassifier(res.path).meta["quantization"])["fp32_leading_convs"] == 1
+    with pytest.raises(ConfigError, match="only 4 convolution"):
+        quantize_onnx(fp32, tmp_path / "c.onnx", images[:8], fp32_convs=5)
+    # EfficientNet-Lite0 keeps its stem and first block (3 convolutions) in fp32 by default
+    torch.manual_seed(0)
+    lite = export_onnx(
+        build_student("efficientnet-lite0", 2, 32).eval(), tmp_path / "lite.onnx", ["a", "b"]
+    )
+    res = quantize_onnx(lite, tmp_path / "lite.int8.onnx", images[:8])
+    convs = _quantized_convs(res.path)
+    assert len(convs) == 49 and convs[:3] == [False] * 3 and all(convs[3:])
+    assert res.settings["fp32_leading_convs"] == 3
+
+
 def test_calibration_streams_and_stops_at_the_cap():
     drawn = []
 

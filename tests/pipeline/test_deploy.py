@@ -153,6 +153,13 @@ def test_quantize_errors_name_the_folder_or_option(fitted, tmp_path, capsys):
     assert "--calibration-images must be >= 1" in error(
         ["quantize", str(run), "--calibration-images", "0"]
     )
+    assert "fp32_convs=9, but the model has only 4 convolution(s)" in error(
+        ["quantize", str(run), "--fp32-convs", "9"]
+    )
+    assert main(["quantize", str(run), "--fp32-convs", "1"]) == 0
+    settings = json.loads((run / "quantize.json").read_text())["settings"]
+    assert settings["fp32_leading_convs"] == 1
+    capsys.readouterr()
     # a support added to the data folder since the fit: the held-out split can no longer be
     # reproduced, so no support is used (fit.json says how many the fit trained on)
     data = shutil.copytree(fitted["data"], tmp_path / "data")

@@ -20,6 +20,11 @@ The settings are onnxruntime's recommended CPU defaults:
   (Its `CalibMaxIntermediateOutputs` option is left alone: onnxruntime 1.32 drops the batches
   collected so far when the limit is reached instead of merging their ranges.)
 
+- The first few convolutions stay fp32 where that was measured to matter
+  (`FP32_LEADING_CONVS`, or `fp32_convs`): EfficientNet-Lite0's stem and first block (3
+  convolutions) work at full resolution on few channels, and quantizing them cost most of its
+  int8 error at no gain in speed (docs/models.md, "int8").
+
 Calibration images are prepared exactly as `tinyshot predict` prepares its inputs
 (export.preprocess_images), and at most `DEFAULT_CALIBRATION_IMAGES` are used: min/max ranges
 settle within a few hundred images, and calibration costs a forward pass of every activation
@@ -48,6 +53,8 @@ from tinyshot.models.export import OnnxClassifier, preprocess_images
 INT8_MODEL_FILE = "model.int8.onnx"
 DEFAULT_CALIBRATION_IMAGES = 500
 CALIBRATION_BATCH = 16
+# Convolutions kept in fp32, counted from the input, per student architecture (others: 0).
+FP32_LEADING_CONVS: dict[str, int] = {"efficientnet-lite0": 3}
 
 
 class ImageCalibration:
@@ -105,7 +112,7 @@ class QuantizeResult:
 ACTIVATION_TYPES = ("uint8", "int8")
 
 
-def quantization_settings(activations: str = "uint8") -> dict[str, Any]:
+def quantization_settings(activations: str = "uint8", fp32_convs: int = 0) -> dict[str, Any]:
     """The `quantization` metadata record of an int8 file, before the calibration figures."""
     return {
         "method": "onnxruntime static quantization",
@@ -113,7 +120,23 @@ def quantization_settings(activations: str = "uint8") -> dict[str, Any]:
         "weights": "int8, per output channel",
         "activations": f"{activations}, per tensor",
         "calibration": "MinMax",
+        "fp32_leading_convs": fp32_convs,
     }
+
+
+def leading_nodes(graph: Any, n_convs: int) -> list[str]:
+    """Names of `graph`'s nodes up to and including its `n_convs`-th Conv. ONNX nodes are
+    stored in topological order, and a student's graph runs its layers in sequence, so these
+    are the layers that see the input first."""
+    if n_convs <= 0:
+        return []
+    names, seen = [], 0
+    for node in graph.node:
+        names.append(node.name)
+        seen += node.op_type == "Conv"
+        if seen == n_convs:
+            return names
+    raise ConfigError(f"fp32_convs={n_convs}, but the model has only {seen} convolution(s)")
 
 
 def quantize_onnx(
@@ -123,11 +146,13 @@ def quantize_onnx(
     max_images: int = DEFAULT_CALIBRATION_IMAGES,
     activations: str = "uint8",
     extra_meta: dict[str, Any] | None = None,
+    fp32_convs: int | None = None,
 ) -> QuantizeResult:
     """Write an int8 copy of the exported student `fp32_path` to `out_path`, calibrated on
     up to `max_images` of `images` (streamed); `activations` "uint8" (x86 fast path) or
-    "int8"; `extra_meta` joins the `quantization` record (e.g. where the images came from).
-    DataError when `images` yields none."""
+    "int8"; `extra_meta` joins the `quantization` record (e.g. where the images came from);
+    `fp32_convs` leading convolutions stay fp32 (None: the architecture's
+    `FP32_LEADING_CONVS`). DataError when `images` yields none."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -145,6 +170,9 @@ def quantize_onnx(
         raise ConfigError(f"activations must be one of {ACTIVATION_TYPES}, got {activations!r}")
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     clf = OnnxClassifier(fp32_path)
+    keep = FP32_LEADING_CONVS.get(clf.arch, 0) if fp32_convs is None else int(fp32_convs)
+    if keep < 0:
+        raise ConfigError(f"fp32_convs must be >= 0, got {keep}")
     stream = iter(images)
     first = next(stream, None)
     if first is None:
@@ -157,6 +185,7 @@ def quantize_onnx(
         # padding chains fold away and more ops end up quantized.
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        excluded = leading_nodes(onnx.load(str(pre)).graph, keep)
         raw = Path(tmp) / "int8.onnx"
         quantize_static(
             str(pre),
@@ -167,8 +196,12 @@ def quantize_onnx(
             activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=excluded,
         )
-        settings = {**quantization_settings(activations), "calibration_images": reader.count}
+        settings = {
+            **quantization_settings(activations, keep),
+            "calibration_images": reader.count,
+        }
         settings.update(extra_meta or {})
         proto = onnx.load(str(raw))
         meta = {**clf.meta, "precision": "int8", "quantization": json.dumps(settings)}

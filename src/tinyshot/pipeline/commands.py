@@ -435,13 +435,24 @@ def _register_quantize(sub: argparse._SubParsersAction) -> None:
         default="uint8",
         help="uint8 (default; the x86 fast path) or int8 (x86 CPUs without VNNI, ARM)",
     )
+    p.add_argument(
+        "--fp32-convs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="keep the first N convolutions in fp32 (default: the student's measured setting, "
+        "3 for efficientnet-lite0, 0 for conv4 and resnet12)",
+    )
     p.set_defaults(func=cmd_quantize)
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     from tinyshot.pipeline.quantize_run import quantize_run
 
-    print(_quantized_line(quantize_run(args.run_dir, args.calibration_images, args.activations)))
+    record = quantize_run(
+        args.run_dir, args.calibration_images, args.activations, fp32_convs=args.fp32_convs
+    )
+    print(_quantized_line(record))
     return 0
 
 

@@ -194,9 +194,11 @@ def quantize_run(
     max_images: int | None = None,
     activations: str = "uint8",
     out: str | Path | None = None,
+    fp32_convs: int | None = None,
 ) -> dict[str, Any]:
     """Write RUN_DIR/model.int8.onnx and RUN_DIR/quantize.json, or only the int8 file at `out`
-    (the run folder untouched); returns the record."""
+    (the run folder untouched); `fp32_convs` as in models.quantize.quantize_onnx; returns the
+    record."""
     from tinyshot.models.export import MODEL_FILE
     from tinyshot.models.quantize import (
         DEFAULT_CALIBRATION_IMAGES,
@@ -233,7 +235,13 @@ def quantize_run(
         sources["synthetic"],
     )
     result = quantize_onnx(
-        fp32, int8, src.images(cap), cap, activations, extra_meta={"calibration_sources": sources}
+        fp32,
+        int8,
+        src.images(cap),
+        cap,
+        activations,
+        extra_meta={"calibration_sources": sources},
+        fp32_convs=fp32_convs,
     )
     agreement, n = top1_agreement(fp32, int8, src.images(cap))
     record = {
