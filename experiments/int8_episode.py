@@ -82,6 +82,7 @@ def int8_rows(work: Path, episode: str, methods: list[str] | None = None) -> lis
                 "method": method, "arch": student.arch, "input_size": student.input_size,
                 "queries": len(queries.labels),
                 "calibration_images": res.calibration_images,
+                "fp32_leading_convs": res.settings["fp32_leading_convs"],
                 "fp32_bytes": fp32.stat().st_size, "int8_bytes": int8.stat().st_size,
                 "accuracy_fp32": acc["fp32"], "accuracy_int8": acc["int8"],
                 "int8_minus_fp32_points": 100 * (acc["int8"] - acc["fp32"]),

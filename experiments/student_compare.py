@@ -190,10 +190,12 @@ def main() -> None:
     for label, work, episode_file in a.episode:
         for arch in ["conv4", *a.students]:
             mine = [r for r in rows if r["episode"] == label and r["student"] == arch]
-            if mine and all("top1_agreement" in r for r in mine):
+            # rows from before the agreement or the fp32 leading convolutions were recorded
+            # are rescored: the int8 file is remade with today's settings
+            if mine and all("fp32_leading_convs" in r for r in mine):
                 continue
             src = Path(work) if arch == "conv4" else a.out / arch / label
-            if not mine and arch != "conv4":  # rows without the agreement are only rescored
+            if not mine and arch != "conv4":
                 if a.no_distil:
                     continue
                 src = distil_other(label, Path(work), episode_file, arch, a.methods, a.out)
