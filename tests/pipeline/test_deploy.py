@@ -58,7 +58,7 @@ def fitted(tmp_path_factory):
 
 
 def test_fit_trains_and_ships_the_mobile_student(fitted, tmp_path, capsys):
-    """`--student efficientnet-lite0` alone: fit's config records its own 96 px, the exported
+    """`--student efficientnet-lite0` alone: fit's config records its own 128 px, the exported
     model is the ImageNet student, and --quantize int8 calibrates on the supports."""
     cfg = {k: v for k, v in fitted["config"].items() if k != "image_size"}
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
@@ -68,11 +68,11 @@ def test_fit_trains_and_ships_the_mobile_student(fitted, tmp_path, capsys):
     assert main(argv) == 0
     assert "calibrated on 6 support + 0 synthetic images" in capsys.readouterr().out
     saved = json.loads((run / "config.json").read_text())["config"]
-    assert (saved["student"], saved["image_size"]) == ("efficientnet-lite0", 96)
+    assert (saved["student"], saved["image_size"]) == ("efficientnet-lite0", 128)
     from tinyshot.models.export import OnnxClassifier
 
     fp32, int8 = OnnxClassifier(run / "model.onnx"), OnnxClassifier(run / "model.int8.onnx")
-    assert (fp32.arch, fp32.input_size, int8.precision) == ("efficientnet-lite0", 96, "int8")
+    assert (fp32.arch, fp32.input_size, int8.precision) == ("efficientnet-lite0", 128, "int8")
 
 
 def test_episode_folder_writes_the_supports_only(fitted):
@@ -226,17 +226,17 @@ def test_bench_inference_built_students_and_option_checks(capsys):
 
 
 def test_student_brings_its_own_pipeline_defaults():
-    """EfficientNet-Lite0 runs at 96 px and fine-tunes briefly on base classes unless the
+    """EfficientNet-Lite0 runs at 128 px and fine-tunes briefly on base classes unless the
     configuration says otherwise; Conv4 and ResNet12 keep PipelineConfig's defaults."""
     from tinyshot.pipeline.config import PipelineConfig
 
     lite = PipelineConfig.from_dict({"student": "efficientnet-lite0"})
-    assert lite.image_size == 96
+    assert lite.image_size == 128
     assert lite.pretrain == {"iterations": 300, "batch_size": 64, "lr": 0.01, "max_per_class": 2000}
     mine = PipelineConfig.from_dict(
-        {"student": "efficientnet-lite0", "image_size": 128, "pretrain": {"lr": 0.02}}
+        {"student": "efficientnet-lite0", "image_size": 96, "pretrain": {"lr": 0.02}}
     )
-    assert mine.image_size == 128 and mine.pretrain["lr"] == 0.02
+    assert mine.image_size == 96 and mine.pretrain["lr"] == 0.02
     assert mine.pretrain["iterations"] == 300
     conv = PipelineConfig.from_dict({"student": "conv4"})
     assert conv.image_size == 32 and conv.pretrain["iterations"] == 1500

@@ -42,17 +42,18 @@ EFFNET_LITE0_PARAMS = 3_371_008
 
 # What a pipeline configuration that names a student but leaves these keys out gets
 # (PipelineConfig.from_dict; conv4 and resnet12 take PipelineConfig's own defaults).
-# EfficientNet-Lite0: 96 px, the cheapest size probed (forward + backward 16 ms per image at
-# 96 px, 25 at 112, 30 at 128 on one loaded CPU thread; docs/models.md) and the size at which
-# the teacher already runs Lite0. Its base-class pretraining is a short fine-tune from the
-# ImageNet weights rather than training from scratch: 300 iterations of 64 images at lr 0.01
-# (Conv4: 1500 x 128 at 0.05), about 10 minutes on one CPU thread, once per dataset, from at
-# most 2,000 images per class (its 19,200 draws need no more; Fashion-MNIST's 30,000 base
-# images would take 830 MB at 96 px); `pretrain_student = false` skips it and distils straight
-# from the ImageNet features.
+# EfficientNet-Lite0: 128 px, which beat 96 px on each of 5 episodes distilled from the same
+# images and teacher (+1.71 +- 0.80 points) at twice 96 px's training time and 1.7x its int8
+# latency (docs/models.md, "Students compared on the same images and teacher"). Its base-class
+# pretraining is a short fine-tune from the ImageNet weights rather than training from
+# scratch: 300 iterations of 64 images at lr 0.01 (Conv4: 1500 x 128 at 0.05), about 35
+# minutes on one CPU thread at 128 px, once per dataset, from at most 2,000 images per class
+# (its 19,200 draws need no more; Fashion-MNIST's 30,000 base images would take 1.5 GB at
+# 128 px); `pretrain_student = false` skips it and distils straight from the ImageNet
+# features.
 STUDENT_CONFIG_DEFAULTS: dict[str, dict[str, Any]] = {
     "efficientnet-lite0": {
-        "image_size": 96,
+        "image_size": 128,
         "pretrain": {"iterations": 300, "batch_size": 64, "lr": 0.01, "max_per_class": 2000},
     },
 }

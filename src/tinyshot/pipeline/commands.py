@@ -83,7 +83,7 @@ def _register_bench_inference(bench_sub: argparse._SubParsersAction) -> None:
     d.add_argument(
         "--students",
         help="students built here, NAME[@SIZE] comma-separated (default without --runs: "
-        "conv4,resnet12,efficientnet-lite0 at fit's sizes 32, 32, 96; random weights, "
+        "conv4,resnet12,efficientnet-lite0 at fit's sizes 32, 32, 128; random weights, "
         "Lite0 with its ImageNet weights, so no accuracy)",
     )
     d.add_argument(
@@ -227,11 +227,11 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--student",
         choices=["conv4", "resnet12", "efficientnet-lite0"],
-        help="student architecture (default conv4; efficientnet-lite0: ImageNet weights, 96 px "
+        help="student architecture (default conv4; efficientnet-lite0: ImageNet weights, 128 px "
         "and a short base-class fine-tune unless set; docs/models.md)",
     )
     g.add_argument(
-        "--image-size", type=int, help="student input size in pixels (default 32; Lite0 96)"
+        "--image-size", type=int, help="student input size in pixels (default 32; Lite0 128)"
     )
     g.add_argument("--synthetic", type=int, help="synthetic images per class")
     g.add_argument("--alpha", type=float, help="TINT noise blend in [0, 1] (paper: 1)")
