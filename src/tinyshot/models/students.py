@@ -43,7 +43,7 @@ EFFNET_LITE0_PARAMS = 3_371_008
 # What a pipeline configuration that names a student but leaves these keys out gets
 # (PipelineConfig.from_dict; conv4 and resnet12 take PipelineConfig's own defaults).
 # EfficientNet-Lite0: 128 px, which beat 96 px on each of 5 episodes distilled from the same
-# images and teacher (+1.71 +- 0.80 points) at twice 96 px's training time and 1.7x its int8
+# images and teacher (+1.71 +- 0.80 points) at twice 96 px's training time and 1.6x its int8
 # latency (docs/models.md, "Students compared on the same images and teacher"). Its base-class
 # pretraining is a short fine-tune from the ImageNet weights rather than training from
 # scratch: 300 iterations of 64 images at lr 0.01 (Conv4: 1500 x 128 at 0.05), about 35
