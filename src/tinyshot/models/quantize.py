@@ -185,7 +185,7 @@ def quantize_onnx(
         # padding chains fold away and more ops end up quantized.
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-        excluded = leading_nodes(onnx.load(str(pre)).graph, keep)
+        excluded = leading_nodes(onnx.load(str(pre)).graph, keep) if keep else []
         raw = Path(tmp) / "int8.onnx"
         quantize_static(
             str(pre),
